@@ -1,0 +1,78 @@
+/* Portable primitives for one dtype; included by ce_portable.c once per dtype with
+ *   T (storage type), C (compute type), SUF (dtype suffix), LOAD(p), STORE(p, v),
+ *   EXP, TANH (of the compute type).
+ * Blocks of CE_BLOCK elements: the capped values are kept in a small buffer so the block max
+ * and the block sum read them from L1, and each block's (max, sum) is merged in double. */
+
+#define CE_CAT_(a, b, c) a##_##b##_##c
+#define CE_CAT(a, b, c) CE_CAT_(a, b, c)
+#define CE_FN(op) CE_CAT(op, SUF, portable)
+
+static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const void *wv,
+                            int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv;
+    const C *w = (const C *)wv;
+    const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
+    double m = -INFINITY, s = 0.0, ws = 0.0;
+    C y[CE_BLOCK];
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
+        C bm = (C)-INFINITY;
+        for (int j = 0; j < nb; j++) {
+            C v = LOAD(x + i0 + j);
+            if (softcap > 0) v = cap * TANH(v * inv_cap);
+            y[j] = v;
+            if (v > bm) bm = v;
+        }
+        C bs = 0;
+        if (bm != (C)-INFINITY) {
+            for (int j = 0; j < nb; j++) bs += EXP(y[j] - bm);
+        } else {
+            for (int j = 0; j < nb; j++)
+                if (y[j] != y[j]) bs = (C)NAN; /* a NaN hides from the max; keep it */
+        }
+        if (want_wsum) {
+            C acc = 0;
+            for (int j = 0; j < nb; j++) acc += (w ? w[i0 + j] : (C)1) * y[j];
+            ws += (double)acc;
+        }
+        ce_merge(&m, &s, (double)bm, (double)bs);
+    }
+    out->max = m;
+    out->sum = s;
+    out->wsum = ws;
+}
+
+static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
+                           double shift, double a, double b, int stream, void *gv)
+{
+    (void)stream; /* the portable path leaves stores to the compiler */
+    const T *x = (const T *)xv;
+    const C *w = (const C *)wv;
+    T *g = (T *)gv;
+    const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
+    const C cs = (C)shift, ca = (C)a, cb = (C)b;
+    for (int64_t j = 0; j < n; j++) {
+        C y = LOAD(x + j), d = 1;
+        if (softcap > 0) {
+            const C th = TANH(y * inv_cap);
+            y = cap * th;
+            d = 1 - th * th;
+        }
+        C v = ca * EXP(y - cs) - cb * (w ? w[j] : (C)1);
+        STORE(g + j, v * d);
+    }
+}
+
+static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)
+{
+    const T *x = (const T *)xv;
+    T *o = (T *)ov;
+    const C cs = (C)shift, cc = (C)c;
+    for (int64_t j = 0; j < n; j++) STORE(o + j, (LOAD(x + j) - cs) - cc);
+}
+
+#undef CE_FN
+#undef CE_CAT
+#undef CE_CAT_

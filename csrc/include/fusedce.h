@@ -1,0 +1,100 @@
+/* fusedce: fused softmax + cross-entropy kernels, the C API.
+ *
+ * Plain C types only; no Python objects. Every entry point is re-entrant (the Python binding
+ * releases the GIL around each call). Logits are rows x classes, C-contiguous, of the dtype
+ * the entry point names; f16 and bf16 are passed as uint16_t bit patterns and computed in
+ * float32. Sizes and offsets are 64-bit throughout.
+ */
+#ifndef FUSEDCE_H
+#define FUSEDCE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Element types of the logits (and of the gradient and softmax outputs). */
+enum {
+    FUSEDCE_F32 = 0,
+    FUSEDCE_F64 = 1,
+    FUSEDCE_F16 = 2,
+    FUSEDCE_BF16 = 3
+};
+
+/* Instruction sets of the CPU kernels. */
+enum {
+    FUSEDCE_ISA_PORTABLE = 0,
+    FUSEDCE_ISA_AVX2 = 1,
+    FUSEDCE_ISA_AVX512 = 2,
+    FUSEDCE_ISA_NEON = 3,
+    FUSEDCE_ISA_COUNT = 4
+};
+
+/* Return codes. */
+enum {
+    FUSEDCE_OK = 0,
+    FUSEDCE_EINVAL = 1,     /* sizes or options out of their domain; nothing written */
+    FUSEDCE_ETARGET = 2,    /* a target outside [0, classes) that is not ignore_index */
+    FUSEDCE_EISA = 3        /* that ISA is not compiled in or the CPU lacks it */
+};
+
+/* One cross-entropy call. Which parts run is chosen by which outputs are non-NULL:
+ *   loss or lse_out  -> pass 1 (max, sum of exp) per row
+ *   grad             -> the gradient, reusing pass 1's lse or lse_in when given
+ * Per counted row i with target t (w = weight or 1, W = sum of w, e = label_smoothing):
+ *   loss[i] = (1-e) w_t (lse - y_t) + (e/K) sum_k w_k (lse - y_k) + z_loss w_t lse^2
+ *   grad[i] = scale_i * d loss[i] / d logits[i]
+ * where y = softcap*tanh(x/softcap) when softcap > 0, else y = x. Rows whose target equals
+ * ignore_index get loss 0 and a zero gradient; their lse is still computed. */
+typedef struct fusedce_ce_args {
+    int64_t rows;
+    int64_t classes;
+    const void *logits;          /* rows x classes elements of the entry point's dtype */
+    const void *target;          /* rows class indices */
+    int target_is_i64;           /* target is int64_t[rows] (else int32_t[rows]) */
+    const void *weight;          /* classes per-class weights or NULL; double for F64,
+                                    float for F32/F16/BF16 */
+    int64_t ignore_index;
+    double label_smoothing;      /* in [0, 1] */
+    double z_loss;               /* >= 0 */
+    double softcap;              /* > 0 enables capping; 0 = off */
+    const double *grad_scale;    /* rows per-row gradient factors, or NULL for grad_scale_all */
+    double grad_scale_all;
+    const double *lse_in;        /* rows log-sum-exp from an earlier forward, or NULL */
+    double *loss;                /* rows per-row weighted loss, or NULL */
+    double *lse_out;             /* rows per-row log-sum-exp (of the capped logits), or NULL */
+    void *grad;                  /* rows x classes gradient, or NULL; may equal logits */
+    int64_t *bad_row;            /* on FUSEDCE_ETARGET the first offending row, or NULL */
+} fusedce_ce_args;
+
+int fusedce_ce_f32(const fusedce_ce_args *args);
+int fusedce_ce_f64(const fusedce_ce_args *args);
+int fusedce_ce_f16(const fusedce_ce_args *args);
+int fusedce_ce_bf16(const fusedce_ce_args *args);
+
+/* Row-wise softmax family over rows x classes. lse_out (rows doubles) may be NULL;
+ * out (rows x classes, may equal x) is unused for FUSEDCE_LOGSUMEXP. */
+enum { FUSEDCE_LOGSUMEXP = 0, FUSEDCE_SOFTMAX = 1, FUSEDCE_LOG_SOFTMAX = 2 };
+int fusedce_softmax(int dtype, int mode, int64_t rows, int64_t classes, const void *x,
+                    void *out, double *lse_out);
+
+/* The vector exp of one ISA, alone (for accuracy tests): y[i] = exp(x[i]). */
+int fusedce_vexp_f32(int isa, int64_t n, const float *x, float *y);
+int fusedce_vexp_f64(int isa, int64_t n, const double *x, double *y);
+
+/* Kernel selection and threads. */
+int fusedce_detected_isa(void);             /* best ISA this CPU runs */
+int fusedce_active_isa(void);               /* the one in use */
+int fusedce_isa_compiled(int isa);          /* 1 when this build has kernels for isa */
+int fusedce_isa_available(int isa);         /* compiled in and supported by this CPU */
+int fusedce_set_isa(int isa);               /* FUSEDCE_OK or FUSEDCE_EISA */
+const char *fusedce_isa_name(int isa);
+int fusedce_get_num_threads(void);
+void fusedce_set_num_threads(int n);        /* n <= 0: all cores */
+int fusedce_max_threads(void);              /* what the runtime offers (cores) */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FUSEDCE_H */

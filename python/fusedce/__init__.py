@@ -1,0 +1,52 @@
+"""fusedce: fused softmax + cross-entropy kernels (loss, log-sum-exp and gradient).
+
+    loss, grad = fusedce.cross_entropy_with_grad(logits, target)
+
+NumPy arrays run on the C SIMD kernels; CUDA arrays on the Numba CUDA kernels.
+``fusedce.reference`` holds the float64 NumPy oracle with the same signatures.
+"""
+
+from . import reference
+from ._api import (
+    cross_entropy,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    cross_entropy_with_grad,
+    is_cuda_array,
+    log_softmax,
+    logsumexp,
+    softmax,
+)
+from ._cpu import available_isas, get_num_threads, set_isa, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+    "reference",
+    "cpu_info",
+    "set_isa",
+    "available_isas",
+    "set_num_threads",
+    "get_num_threads",
+    "is_cuda_array",
+]
+
+
+def cpu_info():
+    """The CPU backend's state: detected and active ISA, available ISAs, threads."""
+    from . import _cpu
+
+    return {
+        "detected_isa": _cpu.detected_isa(),
+        "active_isa": _cpu.active_isa(),
+        "available_isas": _cpu.available_isas(),
+        "num_threads": _cpu.get_num_threads(),
+        "max_threads": _cpu.max_threads(),
+    }

@@ -1,0 +1,299 @@
+"""Argument checking shared by every backend and by the NumPy reference.
+
+Everything here runs before any kernel writes, so a rejected call leaves every array as it
+was. The result of a check is a :class:`CECall`: the arguments in the one normalised form the
+backends take (2-D contiguous logits, 1-D targets, per-row gradient scale).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+
+#: logits dtypes by name; bfloat16 is the ml_dtypes dtype, recognised by name so that
+#: importing fusedce never needs ml_dtypes.
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def check_logits_dtype(arr, name="logits"):
+    if dtype_name(arr.dtype) not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating array (float16, bfloat16, float32 or float64), "
+            f"got dtype {arr.dtype}"
+        )
+
+
+def as_logits(logits, name="logits"):
+    """The logits as an ndarray of a supported dtype with at least one axis and K >= 1."""
+    if isinstance(logits, np.ndarray):
+        arr = logits
+    else:
+        try:
+            arr = np.asarray(logits)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} must be an array of floats, got {type(logits).__name__}") from exc
+        if arr.dtype.kind in "iu" and arr.dtype != np.bool_:
+            # A nested Python list of ints is a natural way to write small logits.
+            if not isinstance(logits, (list, tuple)):
+                check_logits_dtype(arr, name)
+            arr = arr.astype(np.float64)
+    check_logits_dtype(arr, name)
+    if arr.ndim < 1:
+        raise ValueError(f"{name} must have at least 1 dimension (..., K), got a 0-d array")
+    if arr.shape[-1] == 0:
+        raise ValueError(f"{name} must have K >= 1 classes on its last axis, got shape {arr.shape}")
+    return arr
+
+
+def _as_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _as_real(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_options(reduction, label_smoothing, z_loss, softcap, ignore_index):
+    """The scalar options; returns them normalised (softcap None becomes 0.0 = off)."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
+    ignore_index = _as_int(ignore_index, "ignore_index")
+    label_smoothing = _as_real(label_smoothing, "label_smoothing")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    z_loss = _as_real(z_loss, "z_loss")
+    if not (math.isfinite(z_loss) and z_loss >= 0.0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
+    if softcap is None:
+        softcap = 0.0
+    else:
+        softcap = _as_real(softcap, "softcap")
+        if not (math.isfinite(softcap) and softcap > 0.0):
+            raise ValueError(f"softcap must be None or a finite number > 0, got {softcap}")
+    return reduction, label_smoothing, z_loss, softcap, ignore_index
+
+
+def as_target(target, batch_shape, num_classes, ignore_index):
+    """Integer class indices of shape ``batch_shape``, flattened to int32/int64, range-checked."""
+    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    if t.dtype.kind == "f" or dtype_name(t.dtype) == "bfloat16":
+        raise TypeError(
+            f"target must be an integer array of class indices, got dtype {t.dtype} "
+            "(probability targets are not supported)"
+        )
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"target must be an integer array of class indices, got dtype {t.dtype}")
+    if t.shape != tuple(batch_shape):
+        raise ValueError(
+            f"target must have shape {tuple(batch_shape)} (logits.shape[:-1]), got {t.shape}"
+        )
+    flat = t.reshape(-1)
+    if flat.size:
+        counted = flat != ignore_index
+        bad = counted & ((flat < 0) | (flat >= num_classes))
+        if bad.any():
+            first = int(np.argmax(bad))
+            row = np.unravel_index(first, t.shape) if t.ndim else ()
+            where = "target" + (f"[{', '.join(str(int(i)) for i in row)}]" if t.ndim else "")
+            raise ValueError(
+                f"{where} = {int(flat[first])} is out of range: class indices must be in "
+                f"[0, {num_classes}) or equal ignore_index={ignore_index}"
+            )
+    if flat.dtype not in (np.int32, np.int64):
+        flat = flat.astype(np.int64)
+    return np.ascontiguousarray(flat)
+
+
+def as_weight(weight, num_classes):
+    if weight is None:
+        return None
+    w = weight if isinstance(weight, np.ndarray) else np.asarray(weight)
+    if w.dtype.kind not in "iuf" and dtype_name(w.dtype) != "bfloat16":
+        raise TypeError(f"weight must be a real array of {num_classes} per-class weights, got dtype {w.dtype}")
+    if w.shape != (num_classes,):
+        raise ValueError(f"weight must have shape ({num_classes},) (one per class), got {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if not np.isfinite(w).all():
+        bad = int(np.argmax(~np.isfinite(w)))
+        raise ValueError(f"weight must be finite, got weight[{bad}] = {w[bad]}")
+    return w
+
+
+def as_grad_output(grad_output, reduction, batch_shape):
+    """A float, or with reduction='none' a float64 array of one scale per row."""
+    if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, (bool, np.bool_)):
+        return float(grad_output)
+    g = grad_output if isinstance(grad_output, np.ndarray) else np.asarray(grad_output)
+    if g.dtype.kind not in "iuf" and dtype_name(g.dtype) != "bfloat16":
+        raise TypeError(f"grad_output must be a real scalar or array, got dtype {g.dtype}")
+    if g.ndim == 0:
+        return float(g)
+    if reduction != "none":
+        raise ValueError(
+            f"grad_output must be a scalar with reduction={reduction!r}, got shape {g.shape}"
+        )
+    if g.shape != tuple(batch_shape):
+        raise ValueError(
+            f"grad_output must be a scalar or have shape {tuple(batch_shape)} "
+            f"(one per row), got {g.shape}"
+        )
+    return np.ascontiguousarray(g, dtype=np.float64).reshape(-1)
+
+
+def check_writable_target(arr, name, shape, dtype):
+    """``out=`` style arrays and ``inplace=True`` logits: written by the kernel directly."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(arr).__name__}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {arr.dtype}")
+    if not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only; the gradient cannot be written into it")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous to be written in place, got strides {arr.strides}")
+
+
+@dataclass
+class CECall:
+    """One cross-entropy call in the form every backend takes."""
+
+    logits: np.ndarray  # the caller's array, as given (inplace writes here)
+    x: np.ndarray  # (B, K) C-contiguous view or copy of the logits
+    batch_shape: tuple
+    target: np.ndarray  # (B,) int32 or int64
+    weight: np.ndarray | None  # (K,) float64
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+    softcap: float  # 0.0 = off
+    denominator: float  # what 'mean' divides by: the summed weight of the counted rows
+    grad_scale: float | np.ndarray | None  # per-row factor on the gradient (None: no gradient)
+    grad: np.ndarray | None  # where the gradient goes (B, K), may be x itself (inplace)
+    grad_result: np.ndarray | None  # the caller's array to return as the gradient (inplace/out)
+
+    @property
+    def rows(self):
+        return self.x.shape[0]
+
+    @property
+    def classes(self):
+        return self.x.shape[1]
+
+
+def counted_weight_sum(target, weight, ignore_index):
+    """Summed weight of the rows that count (not ignore_index): the 'mean' denominator."""
+    counted = target != ignore_index
+    if weight is None:
+        return float(np.count_nonzero(counted))
+    return float(weight[target[counted]].sum())
+
+
+def check_ce(
+    logits,
+    target,
+    *,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    z_loss,
+    softcap,
+    grad_output=None,
+    inplace=False,
+    out=None,
+    want_grad=False,
+):
+    """Check a cross-entropy call; nothing is written here."""
+    arr = as_logits(logits)
+    reduction, label_smoothing, z_loss, softcap, ignore_index = check_options(
+        reduction, label_smoothing, z_loss, softcap, ignore_index
+    )
+    num_classes = arr.shape[-1]
+    batch_shape = arr.shape[:-1]
+    t = as_target(target, batch_shape, num_classes, ignore_index)
+    w = as_weight(weight, num_classes)
+    grad = None
+    grad_scale = None
+    grad_result = None
+    if want_grad:
+        grad_scale = as_grad_output(grad_output, reduction, batch_shape)
+        if not isinstance(inplace, (bool, np.bool_)):
+            raise TypeError(f"inplace must be True or False, got {inplace!r}")
+        if inplace and out is not None:
+            raise ValueError("pass either inplace=True or out=, not both")
+        if inplace:
+            if not isinstance(logits, np.ndarray):
+                raise TypeError(f"inplace=True needs logits to be a NumPy array, got {type(logits).__name__}")
+            check_writable_target(arr, "logits (inplace=True)", arr.shape, arr.dtype)
+        if out is not None:
+            check_writable_target(out, "out", arr.shape, arr.dtype)
+            same = out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+            if np.may_share_memory(out, arr) and not (same and arr.flags.c_contiguous):
+                raise ValueError("out overlaps logits without being the same array; pass a separate buffer or use inplace=True")
+            if np.may_share_memory(out, t) or (w is not None and np.may_share_memory(out, w)):
+                raise ValueError("out must not overlap target or weight")
+    x = np.ascontiguousarray(arr).reshape(-1, num_classes)
+    denominator = 1.0
+    if reduction == "mean":
+        denominator = counted_weight_sum(t, w, ignore_index)
+    if want_grad:
+        if reduction == "mean":
+            # 'mean' over rows of zero total weight is 0 with a zero gradient (torch: NaN).
+            grad_scale = grad_scale / denominator if denominator != 0.0 else 0.0
+        if inplace:
+            grad, grad_result = x, arr
+        elif out is not None:
+            grad, grad_result = out.reshape(-1, num_classes), out
+        else:
+            grad = np.empty_like(x)
+    return CECall(
+        logits=arr,
+        x=x,
+        batch_shape=batch_shape,
+        target=t,
+        weight=w,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        denominator=denominator,
+        grad_scale=grad_scale,
+        grad=grad,
+        grad_result=grad_result,
+    )
+
+
+def as_lse(lse, batch_shape):
+    """The per-row log-sum-exp that cross_entropy_forward returned, as float64 (B,)."""
+    a = lse if isinstance(lse, np.ndarray) else np.asarray(lse)
+    if a.dtype.kind != "f" and dtype_name(a.dtype) != "bfloat16":
+        raise TypeError(f"lse must be a floating array, got dtype {a.dtype}")
+    if a.shape != tuple(batch_shape):
+        raise ValueError(f"lse must have shape {tuple(batch_shape)} (logits.shape[:-1]), got {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+
+
+def reduce_loss(call: CECall, row_loss: np.ndarray, out_dtype):
+    """Per-row (weighted) losses in float64 -> what the caller gets for the reduction."""
+    if call.reduction == "none":
+        return row_loss.reshape(call.batch_shape).astype(out_dtype, copy=False)
+    total = float(np.sum(row_loss, dtype=np.float64))
+    if call.reduction == "sum":
+        return total
+    return total / call.denominator if call.denominator != 0.0 else 0.0

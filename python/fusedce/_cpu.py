@@ -1,0 +1,154 @@
+"""The CPU backend: the C kernels through the cffi extension module (API mode).
+
+cffi releases the GIL around every call; arrays are passed with ffi.from_buffer (no copy).
+Half-precision arrays are passed as their uint16 bit patterns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._cffi import ffi, lib
+
+ISA_NAMES = ("portable", "avx2", "avx512", "neon")
+
+_DTYPE_CODE = {
+    "float32": lib.FUSEDCE_F32,
+    "float64": lib.FUSEDCE_F64,
+    "float16": lib.FUSEDCE_F16,
+    "bfloat16": lib.FUSEDCE_BF16,
+}
+_CE_ENTRY = {
+    "float32": lib.fusedce_ce_f32,
+    "float64": lib.fusedce_ce_f64,
+    "float16": lib.fusedce_ce_f16,
+    "bfloat16": lib.fusedce_ce_bf16,
+}
+
+
+def compute_dtype(dtype):
+    """What the kernels compute in: float64 for float64 logits, float32 for the rest."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _buf(arr):
+    """A cffi pointer to an array's memory, half types as uint16."""
+    if arr.dtype.itemsize == 2:
+        arr = arr.view(np.uint16)
+    return ffi.from_buffer(arr)
+
+
+def _check_rc(rc, call=None):
+    if rc == lib.FUSEDCE_OK:
+        return
+    if rc == lib.FUSEDCE_ETARGET and call is not None:
+        raise ValueError("target is out of range: class indices must be in [0, K) or equal ignore_index")
+    raise RuntimeError(f"fusedce C kernel failed with code {rc}")
+
+
+def cross_entropy(call, *, want_loss, want_lse=False, lse_in=None):
+    """Run one checked call (see _checks.CECall). Returns (loss, lse) float64 per-row arrays
+    (None where not asked); writes call.grad when it is set."""
+    rows, classes = call.rows, call.classes
+    loss = np.empty(rows, np.float64) if want_loss else None
+    lse = np.empty(rows, np.float64) if want_lse else None
+    if rows == 0:
+        return loss, lse
+    name = call.x.dtype.name
+    args = ffi.new("fusedce_ce_args *")
+    bad_row = ffi.new("int64_t *", -1)
+    keep = []  # cffi buffers must stay alive for the duration of the call
+
+    def ptr(arr, ctype):
+        b = _buf(arr)
+        keep.append(b)
+        return ffi.cast(ctype, b)
+
+    args.rows = rows
+    args.classes = classes
+    args.logits = ptr(call.x, "void *")
+    args.target = ptr(call.target, "void *")
+    args.target_is_i64 = call.target.dtype == np.int64
+    if call.weight is not None:
+        args.weight = ptr(np.ascontiguousarray(call.weight, dtype=compute_dtype(call.x.dtype)), "void *")
+    args.ignore_index = call.ignore_index
+    args.label_smoothing = call.label_smoothing
+    args.z_loss = call.z_loss
+    args.softcap = call.softcap
+    if isinstance(call.grad_scale, np.ndarray):
+        args.grad_scale = ptr(call.grad_scale, "double *")
+    elif call.grad_scale is not None:
+        args.grad_scale_all = call.grad_scale
+    if lse_in is not None:
+        args.lse_in = ptr(lse_in, "double *")
+    if loss is not None:
+        args.loss = ptr(loss, "double *")
+    if lse is not None:
+        args.lse_out = ptr(lse, "double *")
+    if call.grad is not None:
+        args.grad = ptr(call.grad, "void *")
+    args.bad_row = bad_row
+    _check_rc(_CE_ENTRY[name](args), call)
+    return loss, lse
+
+
+SOFTMAX_MODES = {"logsumexp": lib.FUSEDCE_LOGSUMEXP, "softmax": lib.FUSEDCE_SOFTMAX, "log_softmax": lib.FUSEDCE_LOG_SOFTMAX}
+
+
+def softmax_family(mode, x2d):
+    """(out, lse) for x2d (rows, K) C-contiguous; out is None for logsumexp."""
+    rows, classes = x2d.shape
+    lse = np.empty(rows, np.float64)
+    out = None if mode == "logsumexp" else np.empty_like(x2d)
+    if rows == 0:
+        return out, lse
+    xb = _buf(x2d)
+    ob = _buf(out) if out is not None else ffi.NULL
+    lb = ffi.from_buffer(lse)
+    rc = lib.fusedce_softmax(_DTYPE_CODE[x2d.dtype.name], SOFTMAX_MODES[mode], rows, classes,
+                             ffi.cast("void *", xb), ffi.cast("void *", ob), ffi.cast("double *", lb))
+    _check_rc(rc)
+    return out, lse
+
+
+def isa_name(code):
+    return ffi.string(lib.fusedce_isa_name(code)).decode()
+
+
+def isa_code(name):
+    if name not in ISA_NAMES:
+        raise ValueError(f"isa must be one of {', '.join(ISA_NAMES)}, got {name!r}")
+    return ISA_NAMES.index(name)
+
+
+def available_isas():
+    """ISAs that are both compiled in and supported by this CPU."""
+    return [name for code, name in enumerate(ISA_NAMES) if lib.fusedce_isa_available(code)]
+
+
+def set_isa(name):
+    code = isa_code(name)
+    if lib.fusedce_set_isa(code) != lib.FUSEDCE_OK:
+        raise ValueError(
+            f"isa {name!r} is not available on this machine (available: {', '.join(available_isas())})"
+        )
+
+
+def active_isa():
+    return isa_name(lib.fusedce_active_isa())
+
+
+def detected_isa():
+    return isa_name(lib.fusedce_detected_isa())
+
+
+def set_num_threads(n):
+    lib.fusedce_set_num_threads(int(n))
+
+
+def get_num_threads():
+    return lib.fusedce_get_num_threads()
+
+
+def max_threads():
+    return lib.fusedce_max_threads()

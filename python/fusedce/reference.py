@@ -1,0 +1,152 @@
+"""The NumPy float64 reference: the oracle every kernel is checked against.
+
+Same names and keyword arguments as the public API, the same checks (shared code), but every
+step written out plainly in float64. Results are float64 whatever the input dtype.
+
+Per counted row i with target t (weight w, W = sum(w), smoothing e, K classes, z-loss z):
+
+    y      = softcap * tanh(x / softcap)            (or y = x without softcap)
+    lse    = log(sum_k exp(y_k))
+    loss_i = (1 - e) w_t (lse - y_t) + (e / K) sum_k w_k (lse - y_k) + z w_t lse^2
+    dloss_i/dy_j = c_i p_j - (1 - e) w_t [j == t] - (e / K) w_j,
+        with p = softmax(y), c_i = (1 - e) w_t + (e / K) W + 2 z w_t lse
+    dloss_i/dx_j = dloss_i/dy_j * (1 - (y_j / softcap)^2)
+
+Rows whose target is ignore_index have loss 0 and gradient 0. 'mean' divides by the summed
+w_t of the counted rows (torch's rule), and is 0 with a zero gradient when that sum is 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+]
+
+
+def _capped(x, softcap):
+    return softcap * np.tanh(x / softcap) if softcap else x
+
+
+def _lse(y):
+    m = np.max(y, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (m + np.log(np.sum(np.exp(y - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def _forward(call):
+    """(per-row weighted loss, per-row lse, capped logits y), all float64."""
+    x = call.x.astype(np.float64)
+    y = _capped(x, call.softcap)
+    lse = _lse(y)
+    t = call.target
+    counted = t != call.ignore_index
+    tt = np.where(counted, t, 0)
+    rows = np.arange(t.shape[0])
+    w = np.ones(call.classes) if call.weight is None else call.weight
+    wt = np.where(counted, w[tt], 0.0)
+    e = call.label_smoothing
+    with np.errstate(invalid="ignore", over="ignore"):
+        loss = np.where(counted, (1.0 - e) * wt * (lse - y[rows, tt]), 0.0)
+        if e:
+            smooth = (e / call.classes) * (w.sum() * lse - (y * w).sum(axis=-1))
+            loss = loss + np.where(counted, smooth, 0.0)
+        if call.z_loss:
+            loss = loss + np.where(counted, call.z_loss * wt * lse**2, 0.0)
+    return loss, lse, y, (counted, tt, rows, w, wt)
+
+
+def _grad(call, lse, y, parts):
+    counted, tt, rows, w, wt = parts
+    e, K = call.label_smoothing, call.classes
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(y - lse[:, None])
+        c = (1.0 - e) * wt + (e / K) * w.sum() + 2.0 * call.z_loss * wt * lse
+        g = c[:, None] * p - (e / K) * w[None, :]
+        g[rows, tt] -= (1.0 - e) * wt
+        g *= np.broadcast_to(np.asarray(call.grad_scale, dtype=np.float64), (call.rows,))[:, None]
+        if call.softcap:
+            g *= 1.0 - (y / call.softcap) ** 2
+    g[~counted] = 0.0
+    return g
+
+
+def _finish_grad(call, g):
+    """Write the float64 gradient where the caller asked (inplace/out) or return it."""
+    if call.grad_result is not None:
+        call.grad[...] = g  # inplace or out=: rounded to the caller's dtype
+        return call.grad_result
+    return g.reshape(call.logits.shape)
+
+
+def _ce_call(logits, target, opts, **extra):
+    return _checks.check_ce(logits, target, **opts, **extra)
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """Loss: a float for 'mean'/'sum', a float64 array of shape logits.shape[:-1] for 'none'."""
+    call = _ce_call(logits, target, dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                         label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap))
+    loss, _, _, _ = _forward(call)
+    return _checks.reduce_loss(call, loss, np.float64)
+
+
+def cross_entropy_forward(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                          label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """(loss, lse): lse has shape logits.shape[:-1] and is what cross_entropy_backward takes."""
+    call = _ce_call(logits, target, dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                         label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap))
+    loss, lse, _, _ = _forward(call)
+    return _checks.reduce_loss(call, loss, np.float64), lse.reshape(call.batch_shape)
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=1.0,
+                            inplace=False, out=None):
+    """(loss, gradient of grad_output * loss with respect to the logits)."""
+    call = _ce_call(logits, target, dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                         label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap),
+                    grad_output=grad_output, inplace=inplace, out=out, want_grad=True)
+    loss, lse, y, parts = _forward(call)
+    g = _grad(call, lse, y, parts)
+    return _checks.reduce_loss(call, loss, np.float64), _finish_grad(call, g)
+
+
+def cross_entropy_backward(logits, target, lse, grad_output=1.0, *, weight=None, ignore_index=-100,
+                           reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                           inplace=False, out=None):
+    """Gradient of grad_output * loss, given the lse that cross_entropy_forward returned."""
+    call = _ce_call(logits, target, dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+                                         label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap),
+                    grad_output=grad_output, inplace=inplace, out=out, want_grad=True)
+    lse = _checks.as_lse(lse, call.batch_shape)
+    _, _, y, parts = _forward(call)
+    g = _grad(call, lse, y, parts)
+    return _finish_grad(call, g)
+
+
+def logsumexp(x):
+    """log(sum(exp(x))) over the last axis, float64."""
+    arr = _checks.as_logits(x, "x")
+    return _lse(arr.astype(np.float64))
+
+
+def log_softmax(x):
+    arr = _checks.as_logits(x, "x").astype(np.float64)
+    return arr - _lse(arr)[..., None]
+
+
+def softmax(x):
+    arr = _checks.as_logits(x, "x").astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.exp(arr - _lse(arr)[..., None])
