@@ -79,7 +79,17 @@ typedef struct ce_row_terms {
     double target_extra;   /* subtracted at the target: scale * (1 - e) * w_t */
 } ce_row_terms;
 
-static double ce_cap(double x, double softcap) { return softcap > 0 ? softcap * tanh(x / softcap) : x; }
+/* The target's capped logit exactly as the row's kernels compute it (their float tanh, not a
+ * double one), so that p_t and the loss agree with the row's max and sum to the last bit:
+ * with K = 1, say, the loss is then exactly 0 and the gradient exactly the z-loss term. */
+static double ce_target_y(const ce_job *J, const char *x_row, int64_t t)
+{
+    const double x_t = ce_load(J->dtype, x_row, t);
+    if (!(J->a->softcap > 0) || isnan(x_t)) return x_t;
+    ce_stats one;
+    J->k->stats(x_row + (size_t)t * J->es, 1, J->a->softcap, NULL, 0, &one);
+    return one.max;
+}
 
 static double ce_cap_deriv(double y, double softcap)
 {
@@ -88,15 +98,15 @@ static double ce_cap_deriv(double y, double softcap)
 
 static int ce_wants_wsum(const ce_job *J) { return J->a->loss && J->a->label_smoothing > 0; }
 
-/* The row's loss and the factors of its gradient. x_t is read by the caller before any
+/* The row's loss and the factors of its gradient. y_t is read by the caller before any
  * gradient store (in place, the gradient overwrites it). */
-static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double x_t, double lse, double shift,
+static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, double lse, double shift,
                              double wsum, double *loss_out)
 {
     const fusedce_ce_args *a = J->a;
     const double e = a->label_smoothing, K = (double)a->classes;
     ce_row_terms T;
-    T.y_t = ce_cap(x_t, a->softcap);
+    T.y_t = y_t;
     T.w_t = ce_weight_at(J->dtype, a->weight, t);
     T.lse = lse;
     T.shift = shift;
@@ -152,8 +162,8 @@ static void ce_one_row(const ce_job *J, int64_t r)
         lse = a->lse_in[r];
         shift = isfinite(lse) ? ce_to_compute(J->dtype, lse) : lse;
     }
-    const double x_t = ce_load(J->dtype, x, t);
-    const ce_row_terms T = ce_terms(J, r, t, x_t, lse, shift, st.wsum, a->loss ? a->loss + r : NULL);
+    const double y_t = ce_target_y(J, x, t);
+    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, st.wsum, a->loss ? a->loss + r : NULL);
     if (g) {
         J->k->grad(x, K, a->softcap, ce_grad_weight(J, T.b), T.shift, T.a, T.b, J->stream, g);
         ce_write_target_grad(J, &T, t, g);
@@ -173,7 +183,7 @@ static void ce_split_row(const ce_job *J, int64_t r, int tid, int nt, ce_stats *
     int64_t lo = (K * tid / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
     int64_t hi = tid == nt - 1 ? K : (K * (tid + 1) / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
     const int owns_target = counted && t >= lo && t < hi;
-    const double x_t = owns_target ? ce_load(J->dtype, x, t) : 0.0;
+    const double y_t = owns_target ? ce_target_y(J, x, t) : 0.0;
     const void *w_seg = a->weight ? (const char *)a->weight + (size_t)lo * (J->dtype == FUSEDCE_F64 ? 8 : 4) : NULL;
     ce_stats *mine = parts + (r & 1) * nt;
     const int need_stats = a->lse_out || (counted && (a->loss || (g && !a->lse_in)));
@@ -205,7 +215,7 @@ static void ce_split_row(const ce_job *J, int64_t r, int tid, int nt, ce_stats *
     /* Every thread needs the row's gradient factors; y_t enters only the loss and the target
      * element, which the owner of the target's segment writes. */
     double *loss_out = owns_target && a->loss ? a->loss + r : NULL;
-    const ce_row_terms T = ce_terms(J, r, t, x_t, lse, shift, wsum, loss_out);
+    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, wsum, loss_out);
     if (g) {
         const void *gw = T.b != 0 && a->weight ? w_seg : NULL;
         J->k->grad(x + (size_t)lo * J->es, hi - lo, a->softcap, gw, T.shift, T.a, T.b, J->stream,

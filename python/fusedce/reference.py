@@ -39,6 +39,7 @@ def _capped(x, softcap):
 
 def _lse(y):
     m = np.max(y, axis=-1, keepdims=True)
+    m = np.where(m == -np.inf, 0.0, m)  # an all -inf row has lse = log(0) = -inf, not NaN
     with np.errstate(invalid="ignore", over="ignore"):
         return (m + np.log(np.sum(np.exp(y - m), axis=-1, keepdims=True)))[..., 0]
 
