@@ -66,17 +66,20 @@ static int64_t ce_target_at(const fusedce_ce_args *a, int64_t r)
 typedef struct ce_job {
     const fusedce_ce_args *a;
     const ce_kernels *k;
+    ce_stats_soft_fn stats_soft; /* the ISA's, or portable's where the ISA has none */
+    ce_grad_soft_fn grad_soft;
     int dtype;
     size_t es;
-    double total_weight;   /* W = sum of class weights (K without weights) */
-    int stream;            /* non-temporal gradient stores */
+    size_t wes;                  /* bytes per class weight: the compute type's */
+    double total_weight;         /* W = sum of class weights (K without weights) */
+    int stream;                  /* non-temporal gradient stores */
 } ce_job;
 
-/* The scalars of one counted row once its lse is known. */
+/* The scalars of one row once its lse is known. */
 typedef struct ce_row_terms {
-    double y_t, w_t, lse, shift;
-    double a, b;           /* grad primitive's factors */
-    double target_extra;   /* subtracted at the target: scale * (1 - e) * w_t */
+    double y_t, lse, shift;
+    double a, bq, b0;            /* the grad primitives' factors */
+    double target_extra;         /* class targets: subtracted at the target, scale*(1-e)*w_t */
 } ce_row_terms;
 
 /* The target's capped logit exactly as the row's kernels compute it (their float tanh, not a
@@ -96,77 +99,122 @@ static double ce_cap_deriv(double y, double softcap)
     return softcap > 0 ? 1.0 - (y / softcap) * (y / softcap) : 1.0;
 }
 
-static int ce_wants_wsum(const ce_job *J) { return J->a->loss && J->a->label_smoothing > 0; }
+/* Class weights from class `lo` on, or NULL. */
+static const void *ce_weight_from(const ce_job *J, int64_t lo)
+{
+    return J->a->weight ? (const char *)J->a->weight + (size_t)lo * J->wes : NULL;
+}
 
-/* The row's loss and the factors of its gradient. y_t is read by the caller before any
- * gradient store (in place, the gradient overwrites it). */
-static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, double lse, double shift,
-                             double wsum, double *loss_out)
+/* Which passes a row needs. Soft targets always need pass 1 (their gradient needs sum w*q),
+ * so their backward recomputes the lse too rather than reading lse_in. */
+static int ce_needs_stats(const ce_job *J, int counted)
 {
     const fusedce_ce_args *a = J->a;
-    const double e = a->label_smoothing, K = (double)a->classes;
-    ce_row_terms T;
-    T.y_t = y_t;
-    T.w_t = ce_weight_at(J->dtype, a->weight, t);
-    T.lse = lse;
-    T.shift = shift;
-    if (loss_out) {
-        double loss = (1.0 - e) * T.w_t * (lse - T.y_t);
-        if (e > 0) loss += (e / K) * (J->total_weight * lse - wsum);
-        if (a->z_loss > 0) loss += a->z_loss * T.w_t * lse * lse;
-        *loss_out = loss;
-    }
+    return a->lse_out || (counted && (a->loss || (a->grad && (!a->lse_in || a->target_probs))));
+}
+
+/* Pass 1 over the segment [lo, hi) of row r. */
+static void ce_segment_stats(const ce_job *J, int64_t r, int64_t lo, int64_t hi, ce_stats *st)
+{
+    const fusedce_ce_args *a = J->a;
+    const size_t off = ((size_t)r * (size_t)a->classes + (size_t)lo) * J->es;
+    const char *x = (const char *)a->logits + off;
+    const int want_wsum = a->loss && a->label_smoothing > 0;
+    if (a->target_probs)
+        J->stats_soft(x, (const char *)a->target_probs + off, hi - lo, a->softcap, ce_weight_from(J, lo),
+                      want_wsum, st);
+    else
+        J->k->stats(x, hi - lo, a->softcap, ce_weight_from(J, lo), want_wsum, st);
+}
+
+/* Pass 2 over the segment [lo, hi) of row r. */
+static void ce_segment_grad(const ce_job *J, int64_t r, int64_t lo, int64_t hi, const ce_row_terms *T)
+{
+    const fusedce_ce_args *a = J->a;
+    const size_t off = ((size_t)r * (size_t)a->classes + (size_t)lo) * J->es;
+    const char *x = (const char *)a->logits + off;
+    char *g = (char *)a->grad + off;
+    if (a->target_probs)
+        J->grad_soft(x, (const char *)a->target_probs + off, hi - lo, a->softcap, ce_weight_from(J, lo),
+                     T->shift, T->a, T->bq, T->b0, J->stream, g);
+    else /* the class weights enter only where smoothing spreads them */
+        J->k->grad(x, hi - lo, a->softcap, T->b0 != 0 ? ce_weight_from(J, lo) : NULL, T->shift, T->a, T->b0,
+                   J->stream, g);
+}
+
+/* The row's loss (into *loss_out when non-NULL) and its gradient factors, from the merged
+ * pass-1 statistics. t and y_t: class targets only (y_t read before any gradient store). */
+static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, double lse, double shift,
+                             const ce_stats *st, double *loss_out)
+{
+    const fusedce_ce_args *a = J->a;
+    const double e = a->label_smoothing, K = (double)a->classes, z = a->z_loss;
     const double scale = a->grad_scale ? a->grad_scale[r] : a->grad_scale_all;
-    const double c = (1.0 - e) * T.w_t + (e / K) * J->total_weight + 2.0 * a->z_loss * T.w_t * lse;
+    ce_row_terms T = {y_t, lse, shift, 0, 0, 0, 0};
+    double loss, c;
+    if (a->target_probs) {
+        /* smoothed targets q~ = (1-e) q + e/K:  loss = lse sum w q~ - sum w q~ y + z lse^2 */
+        const double wq = (1.0 - e) * st->qsum + (e / K) * J->total_weight;
+        loss = wq * lse - (1.0 - e) * st->qysum + z * lse * lse;
+        if (e > 0) loss -= (e / K) * st->wsum;
+        c = wq + 2.0 * z * lse;
+        T.bq = scale * (1.0 - e);
+    } else {
+        const double w_t = ce_weight_at(J->dtype, a->weight, t);
+        loss = (1.0 - e) * w_t * (lse - y_t) + z * w_t * lse * lse;
+        if (e > 0) loss += (e / K) * (J->total_weight * lse - st->wsum);
+        c = (1.0 - e) * w_t + (e / K) * J->total_weight + 2.0 * z * w_t * lse;
+        T.target_extra = scale * (1.0 - e) * w_t;
+    }
+    if (loss_out) *loss_out = loss;
     /* p_j = exp(y_j - lse) = exp(y_j - shift) * exp(shift - lse); the second factor in double. */
     T.a = scale * c * exp(shift - lse);
-    T.b = scale * e / K;
-    T.target_extra = scale * (1.0 - e) * T.w_t;
+    T.b0 = scale * e / K;
     return T;
 }
 
-static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t t, void *g_row)
+static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t r, int64_t t)
 {
     const double p_t = exp(T->y_t - T->shift);
     const double w_t = ce_weight_at(J->dtype, J->a->weight, t);
-    const double g = (T->a * p_t - T->b * w_t - T->target_extra) * ce_cap_deriv(T->y_t, J->a->softcap);
-    ce_store(J->dtype, g_row, t, g);
+    const double g = (T->a * p_t - T->b0 * w_t - T->target_extra) * ce_cap_deriv(T->y_t, J->a->softcap);
+    ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, t, g);
 }
 
-/* The class weights the grad primitive needs: only when smoothing spreads them. */
-static const void *ce_grad_weight(const ce_job *J, double b) { return b != 0 ? J->a->weight : NULL; }
+/* lse and the pass-2 shift of a row with no pass 1 (backward given lse_in). */
+static void ce_lse_from_input(const ce_job *J, int64_t r, double *lse, double *shift)
+{
+    *lse = J->a->lse_in[r];
+    *shift = isfinite(*lse) ? ce_to_compute(J->dtype, *lse) : *lse;
+}
 
 static void ce_one_row(const ce_job *J, int64_t r)
 {
     const fusedce_ce_args *a = J->a;
     const int64_t K = a->classes;
-    const char *x = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
-    char *g = a->grad ? (char *)a->grad + (size_t)r * (size_t)K * J->es : NULL;
-    const int64_t t = ce_target_at(a, r);
-    const int counted = t != a->ignore_index;
-    const int need_stats = a->lse_out || (counted && (a->loss || (g && !a->lse_in)));
-    ce_stats st = {-INFINITY, 0.0, 0.0};
+    const int64_t t = a->target_probs ? 0 : ce_target_at(a, r);
+    const int counted = a->target_probs || t != a->ignore_index;
+    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0};
     double lse = 0.0, shift = 0.0;
-    if (need_stats) {
-        J->k->stats(x, K, a->softcap, a->weight, counted && ce_wants_wsum(J), &st);
+    if (ce_needs_stats(J, counted)) {
+        ce_segment_stats(J, r, 0, K, &st);
         lse = st.max + log(st.sum);
         shift = st.max;
         if (a->lse_out) a->lse_out[r] = lse;
+    } else if (counted) {
+        ce_lse_from_input(J, r, &lse, &shift);
     }
     if (!counted) {
         if (a->loss) a->loss[r] = 0.0;
-        if (g) memset(g, 0, (size_t)K * J->es);
+        if (a->grad) memset((char *)a->grad + (size_t)r * (size_t)K * J->es, 0, (size_t)K * J->es);
         return;
     }
-    if (!need_stats) {
-        lse = a->lse_in[r];
-        shift = isfinite(lse) ? ce_to_compute(J->dtype, lse) : lse;
-    }
-    const double y_t = ce_target_y(J, x, t);
-    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, st.wsum, a->loss ? a->loss + r : NULL);
-    if (g) {
-        J->k->grad(x, K, a->softcap, ce_grad_weight(J, T.b), T.shift, T.a, T.b, J->stream, g);
-        ce_write_target_grad(J, &T, t, g);
+    const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
+    const double y_t = a->target_probs ? 0.0 : ce_target_y(J, x_row, t);
+    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, &st, a->loss ? a->loss + r : NULL);
+    if (a->grad) {
+        ce_segment_grad(J, r, 0, K, &T);
+        if (!a->target_probs) ce_write_target_grad(J, &T, r, t);
     }
 }
 
@@ -176,55 +224,51 @@ static void ce_split_row(const ce_job *J, int64_t r, int tid, int nt, ce_stats *
 {
     const fusedce_ce_args *a = J->a;
     const int64_t K = a->classes;
-    const char *x = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
-    char *g = a->grad ? (char *)a->grad + (size_t)r * (size_t)K * J->es : NULL;
-    const int64_t t = ce_target_at(a, r);
-    const int counted = t != a->ignore_index;
-    int64_t lo = (K * tid / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
-    int64_t hi = tid == nt - 1 ? K : (K * (tid + 1) / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
-    const int owns_target = counted && t >= lo && t < hi;
-    const double y_t = owns_target ? ce_target_y(J, x, t) : 0.0;
-    const void *w_seg = a->weight ? (const char *)a->weight + (size_t)lo * (J->dtype == FUSEDCE_F64 ? 8 : 4) : NULL;
+    const int64_t t = a->target_probs ? 0 : ce_target_at(a, r);
+    const int counted = a->target_probs || t != a->ignore_index;
+    const int64_t lo = (K * tid / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
+    const int64_t hi = tid == nt - 1 ? K : (K * (tid + 1) / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
+    /* The loss and the class target's gradient element belong to one thread: the owner of the
+     * target's segment (thread 0 for soft targets). It reads y_t before any store. */
+    const int owner = a->target_probs ? tid == 0 : (counted && t >= lo && t < hi);
+    const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
+    const double y_t = owner && !a->target_probs ? ce_target_y(J, x_row, t) : 0.0;
     ce_stats *mine = parts + (r & 1) * nt;
-    const int need_stats = a->lse_out || (counted && (a->loss || (g && !a->lse_in)));
-    double lse = 0.0, shift = 0.0, wsum = 0.0;
-    if (need_stats)
-        J->k->stats(x + (size_t)lo * J->es, hi - lo, a->softcap, w_seg, counted && ce_wants_wsum(J), &mine[tid]);
+    const int need_stats = ce_needs_stats(J, counted);
+    if (need_stats) ce_segment_stats(J, r, lo, hi, &mine[tid]);
     /* One barrier per row, stats or not, keeps the parity double-buffering safe. */
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
+    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0};
+    double lse = 0.0, shift = 0.0;
     if (need_stats) {
-        double m = -INFINITY, s = 0.0;
         for (int i = 0; i < nt; i++) {
-            ce_merge(&m, &s, mine[i].max, mine[i].sum);
-            wsum += mine[i].wsum;
+            ce_merge(&st.max, &st.sum, mine[i].max, mine[i].sum);
+            st.wsum += mine[i].wsum;
+            st.qsum += mine[i].qsum;
+            st.qysum += mine[i].qysum;
         }
-        lse = m + log(s);
-        shift = m;
+        lse = st.max + log(st.sum);
+        shift = st.max;
         if (a->lse_out && tid == 0) a->lse_out[r] = lse;
     } else if (counted) {
-        lse = a->lse_in[r];
-        shift = isfinite(lse) ? ce_to_compute(J->dtype, lse) : lse;
+        ce_lse_from_input(J, r, &lse, &shift);
     }
     if (!counted) {
         if (a->loss && tid == 0) a->loss[r] = 0.0;
-        if (g) memset(g + (size_t)lo * J->es, 0, (size_t)(hi - lo) * J->es);
+        if (a->grad) memset((char *)a->grad + ((size_t)r * (size_t)K + (size_t)lo) * J->es, 0, (size_t)(hi - lo) * J->es);
         return;
     }
-    /* Every thread needs the row's gradient factors; y_t enters only the loss and the target
-     * element, which the owner of the target's segment writes. */
-    double *loss_out = owns_target && a->loss ? a->loss + r : NULL;
-    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, wsum, loss_out);
-    if (g) {
-        const void *gw = T.b != 0 && a->weight ? w_seg : NULL;
-        J->k->grad(x + (size_t)lo * J->es, hi - lo, a->softcap, gw, T.shift, T.a, T.b, J->stream,
-                   g + (size_t)lo * J->es);
-        if (owns_target) ce_write_target_grad(J, &T, t, g);
+    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, &st, owner && a->loss ? a->loss + r : NULL);
+    if (a->grad) {
+        ce_segment_grad(J, r, lo, hi, &T);
+        if (owner && !a->target_probs) ce_write_target_grad(J, &T, r, t);
     }
 }
 
-static int ce_threads_for(int64_t elems)
+/* Threads for a call over `elems` elements (also used by bce_driver.c). */
+int ce_threads_for(int64_t elems)
 {
     int nt = fusedce_get_num_threads();
     const int64_t by_work = elems / CE_MIN_ELEMS_PER_THREAD;
@@ -236,10 +280,11 @@ static int ce_check(const fusedce_ce_args *a)
 {
     if (!a || a->rows < 0 || a->classes < 1) return FUSEDCE_EINVAL;
     if (a->rows == 0) return FUSEDCE_OK;
-    if (!a->logits || !a->target) return FUSEDCE_EINVAL;
+    if (!a->logits || (!a->target && !a->target_probs) || (a->lse_in && a->lse_out)) return FUSEDCE_EINVAL;
     if (!(a->label_smoothing >= 0 && a->label_smoothing <= 1) || !(a->z_loss >= 0) || !(a->softcap >= 0) ||
         !isfinite(a->z_loss) || !isfinite(a->softcap))
         return FUSEDCE_EINVAL;
+    if (a->target_probs) return FUSEDCE_OK;
     for (int64_t r = 0; r < a->rows; r++) {
         const int64_t t = ce_target_at(a, r);
         if (t != a->ignore_index && (t < 0 || t >= a->classes)) {
@@ -257,8 +302,11 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     ce_job J;
     J.a = a;
     J.k = &ce_active_table()->k[dtype];
+    J.stats_soft = J.k->stats_soft ? J.k->stats_soft : ce_table_portable.k[dtype].stats_soft;
+    J.grad_soft = J.k->grad_soft ? J.k->grad_soft : ce_table_portable.k[dtype].grad_soft;
     J.dtype = dtype;
     J.es = ce_elsize(dtype);
+    J.wes = dtype == FUSEDCE_F64 ? sizeof(double) : sizeof(float);
     J.total_weight = (double)a->classes;
     if (a->weight) {
         J.total_weight = 0.0;

@@ -48,6 +48,8 @@ uint16_t ce_f32_to_f16(float f)
 #define STORE(p, v) (*(p) = (v))
 #define EXP expf
 #define TANH tanhf
+#define LOG1P log1pf
+#define FABS fabsf
 #include "ce_portable_impl.h"
 #undef T
 #undef C
@@ -56,6 +58,8 @@ uint16_t ce_f32_to_f16(float f)
 #undef STORE
 #undef EXP
 #undef TANH
+#undef LOG1P
+#undef FABS
 
 #define T double
 #define C double
@@ -64,6 +68,8 @@ uint16_t ce_f32_to_f16(float f)
 #define STORE(p, v) (*(p) = (v))
 #define EXP exp
 #define TANH tanh
+#define LOG1P log1p
+#define FABS fabs
 #include "ce_portable_impl.h"
 #undef T
 #undef C
@@ -72,6 +78,8 @@ uint16_t ce_f32_to_f16(float f)
 #undef STORE
 #undef EXP
 #undef TANH
+#undef LOG1P
+#undef FABS
 
 #define T uint16_t
 #define C float
@@ -80,6 +88,8 @@ uint16_t ce_f32_to_f16(float f)
 #define STORE(p, v) (*(p) = ce_f32_to_f16(v))
 #define EXP expf
 #define TANH tanhf
+#define LOG1P log1pf
+#define FABS fabsf
 #include "ce_portable_impl.h"
 #undef SUF
 #undef LOAD
@@ -96,6 +106,8 @@ uint16_t ce_f32_to_f16(float f)
 #undef STORE
 #undef EXP
 #undef TANH
+#undef LOG1P
+#undef FABS
 
 static void vexp_f32_portable(const float *x, int64_t n, float *y)
 {
@@ -110,10 +122,14 @@ static void vexp_f64_portable(const double *x, int64_t n, double *y)
 const ce_isa_table ce_table_portable = {
     FUSEDCE_ISA_PORTABLE,
     {
-        [FUSEDCE_F32] = {ce_stats_f32_portable, ce_grad_f32_portable, ce_shift_f32_portable},
-        [FUSEDCE_F64] = {ce_stats_f64_portable, ce_grad_f64_portable, ce_shift_f64_portable},
-        [FUSEDCE_F16] = {ce_stats_f16_portable, ce_grad_f16_portable, ce_shift_f16_portable},
-        [FUSEDCE_BF16] = {ce_stats_bf16_portable, ce_grad_bf16_portable, ce_shift_bf16_portable},
+        [FUSEDCE_F32] = {ce_stats_f32_portable, ce_grad_f32_portable, ce_shift_f32_portable,
+                          ce_stats_soft_f32_portable, ce_grad_soft_f32_portable, bce_f32_portable},
+        [FUSEDCE_F64] = {ce_stats_f64_portable, ce_grad_f64_portable, ce_shift_f64_portable,
+                          ce_stats_soft_f64_portable, ce_grad_soft_f64_portable, bce_f64_portable},
+        [FUSEDCE_F16] = {ce_stats_f16_portable, ce_grad_f16_portable, ce_shift_f16_portable,
+                          ce_stats_soft_f16_portable, ce_grad_soft_f16_portable, bce_f16_portable},
+        [FUSEDCE_BF16] = {ce_stats_bf16_portable, ce_grad_bf16_portable, ce_shift_bf16_portable,
+                          ce_stats_soft_bf16_portable, ce_grad_soft_bf16_portable, bce_bf16_portable},
     },
     vexp_f32_portable,
     vexp_f64_portable,

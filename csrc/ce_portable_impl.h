@@ -73,6 +73,89 @@ static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, v
     for (int64_t j = 0; j < n; j++) STORE(o + j, (LOAD(x + j) - cs) - cc);
 }
 
+static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                 const void *wv, int want_wsum, ce_stats *out)
+{
+    const T *q = (const T *)qv;
+    const C *w = (const C *)wv;
+    CE_FN(ce_stats)(xv, n, softcap, wv, want_wsum, out);
+    /* The q sums are separate from the max/sum pass: they need no max and cost one more
+     * read of a segment that is in L1/L2 already. */
+    const T *x = (const T *)xv;
+    const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
+    double qs = 0.0, qys = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
+        C bq = 0, bqy = 0;
+        for (int j = 0; j < nb; j++) {
+            C y = LOAD(x + i0 + j);
+            if (softcap > 0) y = cap * TANH(y * inv_cap);
+            const C wq = (w ? w[i0 + j] : (C)1) * LOAD(q + i0 + j);
+            bq += wq;
+            /* q_j = 0 takes no part, even where y_j = -inf (0 * -inf would be NaN) */
+            if (wq != 0) bqy += wq * y;
+        }
+        qs += (double)bq;
+        qys += (double)bqy;
+    }
+    out->qsum = qs;
+    out->qysum = qys;
+}
+
+static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                const void *wv, double shift, double a, double bq, double b0,
+                                int stream, void *gv)
+{
+    (void)stream;
+    const T *x = (const T *)xv;
+    const T *q = (const T *)qv;
+    const C *w = (const C *)wv;
+    T *g = (T *)gv;
+    const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
+    const C cs = (C)shift, ca = (C)a, cbq = (C)bq, cb0 = (C)b0;
+    for (int64_t j = 0; j < n; j++) {
+        C y = LOAD(x + j), d = 1;
+        if (softcap > 0) {
+            const C th = TANH(y * inv_cap);
+            y = cap * th;
+            d = 1 - th * th;
+        }
+        const C v = ca * EXP(y - cs) - (w ? w[j] : (C)1) * (cbq * LOAD(q + j) + cb0);
+        STORE(g + j, v * d);
+    }
+}
+
+static double CE_FN(bce)(const void *xv, const void *tv, int64_t n, const void *wv, const void *pwv,
+                         const void *gov, double scale, void *lossv, void *gv)
+{
+    const T *x = (const T *)xv;
+    const T *t = (const T *)tv;
+    const C *w = (const C *)wv, *pw = (const C *)pwv, *go = (const C *)gov;
+    T *l = (T *)lossv, *g = (T *)gv;
+    const C cscale = (C)scale;
+    double total = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        C block = 0;
+        for (int64_t j = i0; j < i1; j++) {
+            const C xj = LOAD(x + j), tj = LOAD(t + j);
+            const C wj = w ? w[j] : (C)1, pwj = pw ? pw[j] : (C)1;
+            const C L = 1 + (pwj - 1) * tj;
+            const C e = EXP(-FABS(xj)), log1p_e = LOG1P(e); /* e in (0, 1]: never overflows */
+            const C sp_pos = (xj > 0 ? xj : (C)0) + log1p_e;  /* log(1 + e^x)  = -log(1 - sigmoid) */
+            const C sp_neg = (xj < 0 ? -xj : (C)0) + log1p_e; /* log(1 + e^-x) = -log sigmoid */
+            const C sig = xj >= 0 ? 1 / (1 + e) : e / (1 + e);
+            /* two non-negative terms for t in [0, 1]: no cancellation, unlike (1 - t) x + L sp_neg */
+            const C lj = wj * ((1 - tj) * sp_pos + pwj * tj * sp_neg);
+            block += lj;
+            if (l) STORE(l + j, lj);
+            if (g) STORE(g + j, (go ? go[j] : cscale) * wj * (L * sig - pwj * tj));
+        }
+        total += (double)block;
+    }
+    return total;
+}
+
 #undef CE_FN
 #undef CE_CAT
 #undef CE_CAT_

@@ -21,6 +21,8 @@ typedef struct ce_stats {
     double max;   /* max_j y_j; -inf for an empty or all -inf segment; NaNs ignored here */
     double sum;   /* sum_j exp(y_j - max); NaN if any y_j is NaN or +inf */
     double wsum;  /* sum_j w_j*y_j (w_j = 1 without weight); only when want_wsum */
+    double qsum;  /* soft targets q: sum_j w_j*q_j */
+    double qysum; /* soft targets q: sum_j w_j*q_j*y_j */
 } ce_stats;
 
 /* Pass 1 over x[0..n): max, sum of exp, optionally the weighted sum of y. */
@@ -38,10 +40,34 @@ typedef void (*ce_grad_fn)(const void *x, int64_t n, double softcap, const void 
 /* log_softmax: out_j = (x_j - shift) - c; out may equal x. */
 typedef void (*ce_shift_fn)(const void *x, int64_t n, double shift, double c, void *out);
 
+/* Soft (probability) targets q, of the logits' storage type, read alongside the logits.
+ * Pass 1 as ce_stats_fn, plus qsum and qysum. */
+typedef void (*ce_stats_soft_fn)(const void *x, const void *q, int64_t n, double softcap,
+                                 const void *weight, int want_wsum, ce_stats *out);
+
+/* Pass 2 for soft targets: g_j = (a*exp(y_j - shift) - w_j*(bq*q_j + b0)) * capderiv_j. */
+typedef void (*ce_grad_soft_fn)(const void *x, const void *q, int64_t n, double softcap,
+                                const void *weight, double shift, double a, double bq, double b0,
+                                int stream, void *g);
+
+/* Binary cross-entropy with logits over n elements, targets t of the storage type:
+ *   l_j = w_j [(1 - t_j) softplus(x_j) + pw_j t_j softplus(-x_j)]   (softplus(x) = log(1 + e^x))
+ *   g_j = s_j w_j [(1 + (pw_j - 1) t_j) sigmoid(x_j) - pw_j t_j]     s_j = go ? go[j] : scale
+ * (torch writes the loss as (1 - t) x + (1 + (pw - 1) t) softplus(-x): equal, but this form
+ * adds two non-negative terms for t in [0, 1] and so loses nothing to cancellation). 
+ * w, pw, go: compute type, NULL = 1 (go NULL = scale). Writes l_j to loss (storage type) and
+ * g_j to g (may equal x) where non-NULL; returns sum_j l_j. */
+typedef double (*bce_fn)(const void *x, const void *t, int64_t n, const void *w, const void *pw,
+                         const void *go, double scale, void *loss, void *g);
+
+/* An ISA may leave the primitives after `shift` NULL: the driver then uses the portable one. */
 typedef struct ce_kernels {
     ce_stats_fn stats;
     ce_grad_fn grad;
     ce_shift_fn shift;
+    ce_stats_soft_fn stats_soft;
+    ce_grad_soft_fn grad_soft;
+    bce_fn bce;
 } ce_kernels;
 
 /* One ISA: kernels indexed by FUSEDCE_F32, F64, F16, BF16. */
@@ -80,6 +106,9 @@ static inline void ce_merge(double *m, double *s, double m2, double s2)
 
 /* The active table (dispatch.c); never NULL after the first call. */
 const ce_isa_table *ce_active_table(void);
+
+/* How many threads a call over `elems` elements uses (ce_driver.c): small calls run on one. */
+int ce_threads_for(int64_t elems);
 
 /* Cache sizes in bytes (dispatch.c), for the driver's split and streaming decisions. */
 int64_t ce_l2_bytes(void);

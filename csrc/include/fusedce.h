@@ -51,7 +51,7 @@ typedef struct fusedce_ce_args {
     int64_t rows;
     int64_t classes;
     const void *logits;          /* rows x classes elements of the entry point's dtype */
-    const void *target;          /* rows class indices */
+    const void *target;          /* rows class indices (unused with target_probs) */
     int target_is_i64;           /* target is int64_t[rows] (else int32_t[rows]) */
     const void *weight;          /* classes per-class weights or NULL; double for F64,
                                     float for F32/F16/BF16 */
@@ -66,12 +66,40 @@ typedef struct fusedce_ce_args {
     double *lse_out;             /* rows per-row log-sum-exp (of the capped logits), or NULL */
     void *grad;                  /* rows x classes gradient, or NULL; may equal logits */
     int64_t *bad_row;            /* on FUSEDCE_ETARGET the first offending row, or NULL */
+    const void *target_probs;    /* rows x classes probability targets q (the logits' dtype), or
+                                    NULL for class indices. Then, with q~ = (1-e) q + e/K:
+                                    loss[i] = sum_k w_k q~_k (lse - y_k) + z_loss lse^2 */
 } fusedce_ce_args;
 
 int fusedce_ce_f32(const fusedce_ce_args *args);
 int fusedce_ce_f64(const fusedce_ce_args *args);
 int fusedce_ce_f16(const fusedce_ce_args *args);
 int fusedce_ce_bf16(const fusedce_ce_args *args);
+
+/* Binary cross-entropy with logits, elementwise over rows x classes (classes = the last
+ * axis, which per-class weight and pos_weight run along):
+ *   l = w [(1 - t) log(1 + exp(x)) + pw t log(1 + exp(-x))],  grad = s w [(1 + (pw - 1) t) sigmoid(x) - pw t]
+ * computed stably for any finite x. weight, pos_weight and grad_scale are of the compute type
+ * (double for F64, float otherwise). */
+typedef struct fusedce_bce_args {
+    int64_t rows;
+    int64_t classes;
+    const void *logits;          /* rows x classes */
+    const void *target;          /* rows x classes, the logits' dtype */
+    const void *weight;          /* NULL, classes values (weight_per_class) or rows x classes */
+    int weight_per_class;
+    const void *pos_weight;      /* classes values, or NULL */
+    const void *grad_scale;      /* rows x classes per-element factors s, or NULL */
+    double grad_scale_all;       /* s when grad_scale is NULL */
+    void *loss;                  /* rows x classes element losses (the logits' dtype), or NULL */
+    double *loss_sum;            /* the sum of every element loss, or NULL */
+    void *grad;                  /* rows x classes gradient, or NULL; may equal logits */
+} fusedce_bce_args;
+
+int fusedce_bce_f32(const fusedce_bce_args *args);
+int fusedce_bce_f64(const fusedce_bce_args *args);
+int fusedce_bce_f16(const fusedce_bce_args *args);
+int fusedce_bce_bf16(const fusedce_bce_args *args);
 
 /* Row-wise softmax family over rows x classes. lse_out (rows doubles) may be NULL;
  * out (rows x classes, may equal x) is unused for FUSEDCE_LOGSUMEXP. */

@@ -8,6 +8,8 @@ NumPy arrays run on the C SIMD kernels; CUDA arrays on the Numba CUDA kernels.
 
 from . import reference
 from ._api import (
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_with_grad,
     cross_entropy,
     cross_entropy_backward,
     cross_entropy_forward,
@@ -29,6 +31,8 @@ __all__ = [
     "log_softmax",
     "softmax",
     "logsumexp",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_with_grad",
     "reference",
     "cpu_info",
     "set_isa",

@@ -130,3 +130,30 @@ def softmax(x):
 def log_softmax(x):
     """log_softmax over the last axis, in x's dtype."""
     return _softmax_family("log_softmax", x)
+
+
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean"):
+    """torch.nn.functional.binary_cross_entropy_with_logits, fused: any shape, target of the
+    same shape (probabilities; values outside [0, 1] are computed as given, like torch),
+    weight broadcast to the logits' shape, pos_weight one per class (the last axis).
+    Returns a float for 'mean'/'sum', an array of the logits' shape and dtype for 'none'."""
+    opts = dict(weight=weight, pos_weight=pos_weight, reduction=reduction)
+    if is_cuda_array(logits):
+        return _cuda().binary_cross_entropy_with_logits(logits, target, **opts)
+    call = _checks.check_bce(logits, target, **opts)
+    total, elements = _cpu.binary_cross_entropy(call, want_elements=reduction == "none")
+    return _checks.reduce_bce(call, total, elements)
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None, reduction="mean",
+                                               grad_output=1.0, inplace=False, out=None):
+    """(loss, grad) in one pass: grad = grad_output * w * ((1 + (pos_weight - 1) t) sigmoid(x) - pos_weight t),
+    over the logits' size for 'mean'. grad_output: a scalar, or the logits' shape with 'none'."""
+    opts = dict(weight=weight, pos_weight=pos_weight, reduction=reduction)
+    if is_cuda_array(logits):
+        return _cuda().binary_cross_entropy_with_logits_with_grad(
+            logits, target, **opts, grad_output=grad_output, inplace=inplace, out=out)
+    call = _checks.check_bce(logits, target, **opts, grad_output=grad_output, inplace=inplace, out=out,
+                             want_grad=True)
+    total, elements = _cpu.binary_cross_entropy(call, want_elements=reduction == "none")
+    return _checks.reduce_bce(call, total, elements), _grad_result(call)

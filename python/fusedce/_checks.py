@@ -89,10 +89,10 @@ def check_options(reduction, label_smoothing, z_loss, softcap, ignore_index):
 def as_target(target, batch_shape, num_classes, ignore_index):
     """Integer class indices of shape ``batch_shape``, flattened to int32/int64, range-checked."""
     t = target if isinstance(target, np.ndarray) else np.asarray(target)
-    if t.dtype.kind == "f" or dtype_name(t.dtype) == "bfloat16":
+    if is_float_array(t):
         raise TypeError(
-            f"target must be an integer array of class indices, got dtype {t.dtype} "
-            "(probability targets are not supported)"
+            f"target must be an integer array of class indices of shape {tuple(batch_shape)}, "
+            f"or probabilities of the logits' shape; got dtype {t.dtype} and shape {t.shape}"
         )
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must be an integer array of class indices, got dtype {t.dtype}")
@@ -115,6 +115,20 @@ def as_target(target, batch_shape, num_classes, ignore_index):
     if flat.dtype not in (np.int32, np.int64):
         flat = flat.astype(np.int64)
     return np.ascontiguousarray(flat)
+
+
+def is_float_array(a) -> bool:
+    return a.dtype.kind == "f" or dtype_name(a.dtype) == "bfloat16"
+
+
+def as_probability_target(t, logits, ignore_index):
+    """Probability targets (the logits' shape) as a (B, K) array of the logits' dtype."""
+    if ignore_index != -100:
+        raise ValueError(
+            f"ignore_index does not apply to probability targets (got ignore_index={ignore_index}); "
+            "give a row all-zero probabilities to leave it out of the sum"
+        )
+    return np.ascontiguousarray(t, dtype=logits.dtype).reshape(-1, logits.shape[-1])
 
 
 def as_weight(weight, num_classes):
@@ -174,7 +188,7 @@ class CECall:
     logits: np.ndarray  # the caller's array, as given (inplace writes here)
     x: np.ndarray  # (B, K) C-contiguous view or copy of the logits
     batch_shape: tuple
-    target: np.ndarray  # (B,) int32 or int64
+    target: np.ndarray  # (B,) int32 or int64 class indices, or (B, K) probabilities
     weight: np.ndarray | None  # (K,) float64
     ignore_index: int
     reduction: str
@@ -185,6 +199,11 @@ class CECall:
     grad_scale: float | np.ndarray | None  # per-row factor on the gradient (None: no gradient)
     grad: np.ndarray | None  # where the gradient goes (B, K), may be x itself (inplace)
     grad_result: np.ndarray | None  # the caller's array to return as the gradient (inplace/out)
+
+    @property
+    def soft(self):
+        """Probability targets rather than class indices."""
+        return self.target.ndim == 2
 
     @property
     def rows(self):
@@ -225,42 +244,26 @@ def check_ce(
     )
     num_classes = arr.shape[-1]
     batch_shape = arr.shape[:-1]
-    t = as_target(target, batch_shape, num_classes, ignore_index)
+    t_arr = target if isinstance(target, np.ndarray) else np.asarray(target)
+    if is_float_array(t_arr) and t_arr.shape == arr.shape:
+        t = as_probability_target(t_arr, arr, ignore_index)
+    else:
+        t = as_target(t_arr, batch_shape, num_classes, ignore_index)
     w = as_weight(weight, num_classes)
-    grad = None
     grad_scale = None
-    grad_result = None
     if want_grad:
         grad_scale = as_grad_output(grad_output, reduction, batch_shape)
-        if not isinstance(inplace, (bool, np.bool_)):
-            raise TypeError(f"inplace must be True or False, got {inplace!r}")
-        if inplace and out is not None:
-            raise ValueError("pass either inplace=True or out=, not both")
-        if inplace:
-            if not isinstance(logits, np.ndarray):
-                raise TypeError(f"inplace=True needs logits to be a NumPy array, got {type(logits).__name__}")
-            check_writable_target(arr, "logits (inplace=True)", arr.shape, arr.dtype)
-        if out is not None:
-            check_writable_target(out, "out", arr.shape, arr.dtype)
-            same = out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
-            if np.may_share_memory(out, arr) and not (same and arr.flags.c_contiguous):
-                raise ValueError("out overlaps logits without being the same array; pass a separate buffer or use inplace=True")
-            if np.may_share_memory(out, t) or (w is not None and np.may_share_memory(out, w)):
-                raise ValueError("out must not overlap target or weight")
+        check_grad_destination(logits, arr, inplace, out, (t, w))
     x = np.ascontiguousarray(arr).reshape(-1, num_classes)
     denominator = 1.0
     if reduction == "mean":
-        denominator = counted_weight_sum(t, w, ignore_index)
+        # torch: class targets divide by the counted rows' summed target weight, probability
+        # targets by the number of rows.
+        denominator = float(x.shape[0]) if t.ndim == 2 else counted_weight_sum(t, w, ignore_index)
+    grad = grad_result = None
     if want_grad:
-        if reduction == "mean":
-            # 'mean' over rows of zero total weight is 0 with a zero gradient (torch: NaN).
-            grad_scale = grad_scale / denominator if denominator != 0.0 else 0.0
-        if inplace:
-            grad, grad_result = x, arr
-        elif out is not None:
-            grad, grad_result = out.reshape(-1, num_classes), out
-        else:
-            grad = np.empty_like(x)
+        grad_scale = mean_scaled(grad_scale, reduction, denominator)
+        grad, grad_result = grad_destination(arr, x, inplace, out)
     return CECall(
         logits=arr,
         x=x,
@@ -277,6 +280,43 @@ def check_ce(
         grad=grad,
         grad_result=grad_result,
     )
+
+
+def check_grad_destination(logits, arr, inplace, out, others):
+    """inplace=True / out= for a gradient of arr's shape and dtype; `others` are the call's
+    other input arrays, which out must not overlap."""
+    if not isinstance(inplace, (bool, np.bool_)):
+        raise TypeError(f"inplace must be True or False, got {inplace!r}")
+    if inplace and out is not None:
+        raise ValueError("pass either inplace=True or out=, not both")
+    if inplace:
+        if not isinstance(logits, np.ndarray):
+            raise TypeError(f"inplace=True needs logits to be a NumPy array, got {type(logits).__name__}")
+        check_writable_target(arr, "logits (inplace=True)", arr.shape, arr.dtype)
+    if out is not None:
+        check_writable_target(out, "out", arr.shape, arr.dtype)
+        same = out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+        if np.may_share_memory(out, arr) and not (same and arr.flags.c_contiguous):
+            raise ValueError("out overlaps logits without being the same array; pass a separate buffer or use inplace=True")
+        if any(o is not None and np.may_share_memory(out, o) for o in others):
+            raise ValueError("out must not overlap target or weight")
+
+
+def grad_destination(arr, x, inplace, out):
+    """(where the kernel writes the gradient, the caller's array to return or None)."""
+    if inplace:
+        return x, arr
+    if out is not None:
+        return out.reshape(x.shape), out
+    return np.empty_like(x), None
+
+
+def mean_scaled(grad_scale, reduction, denominator):
+    """The gradient factor: grad_output, over the denominator for 'mean'. A 'mean' over zero
+    weight is 0 with a zero gradient (torch: NaN)."""
+    if reduction != "mean":
+        return grad_scale
+    return grad_scale / denominator if denominator != 0.0 else 0.0
 
 
 def as_lse(lse, batch_shape):
@@ -297,3 +337,105 @@ def reduce_loss(call: CECall, row_loss: np.ndarray, out_dtype):
     if call.reduction == "sum":
         return total
     return total / call.denominator if call.denominator != 0.0 else 0.0
+
+
+@dataclass
+class BCECall:
+    """One binary cross-entropy call: everything viewed as (rows, C), C the last axis."""
+
+    logits: np.ndarray
+    x: np.ndarray  # (rows, C) C-contiguous
+    target: np.ndarray  # (rows, C), the logits' dtype
+    weight: np.ndarray | None  # (C,) per class, or (rows, C); float64
+    pos_weight: np.ndarray | None  # (C,) float64
+    reduction: str
+    grad_scale: float | np.ndarray | None  # scalar, or (rows, C) float64 with reduction='none'
+    grad: np.ndarray | None
+    grad_result: np.ndarray | None
+
+    @property
+    def weight_per_class(self):
+        return self.weight is not None and self.weight.ndim == 1
+
+
+def _bce_float_array(value, name):
+    a = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if not is_float_array(a) and a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
+    return a
+
+
+def check_bce(logits, target, *, weight, pos_weight, reduction, grad_output=None, inplace=False, out=None,
+              want_grad=False):
+    """Check a binary cross-entropy call (torch's binary_cross_entropy_with_logits rules)."""
+    arr = logits if isinstance(logits, np.ndarray) else np.asarray(logits)
+    check_logits_dtype(arr)
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
+    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    if not is_float_array(t):
+        raise TypeError(f"target must be a floating array of probabilities in [0, 1], got dtype {t.dtype}")
+    if t.shape != arr.shape:
+        raise ValueError(f"target must have the logits' shape {arr.shape}, got {t.shape}")
+    classes = arr.shape[-1] if arr.ndim else 1
+    w = None
+    if weight is not None:
+        wa = _bce_float_array(weight, "weight")
+        try:
+            np.broadcast_shapes(wa.shape, arr.shape)
+        except ValueError:
+            raise ValueError(f"weight of shape {wa.shape} does not broadcast to the logits' shape {arr.shape}") from None
+        if np.broadcast_shapes(wa.shape, arr.shape) != arr.shape:
+            raise ValueError(f"weight of shape {wa.shape} would broadcast the logits' shape {arr.shape} larger")
+        if wa.ndim <= 1:  # per class (or one value): kept as a (C,) vector
+            w = np.ascontiguousarray(np.broadcast_to(wa.astype(np.float64), (classes,)))
+        else:  # anything else is materialised to the logits' shape
+            w = np.ascontiguousarray(np.broadcast_to(wa.astype(np.float64), arr.shape)).reshape(-1, classes)
+    pw = None
+    if pos_weight is not None:
+        pa = _bce_float_array(pos_weight, "pos_weight")
+        if pa.ndim > 1 or (pa.ndim == 1 and pa.shape[0] not in (1, classes)):
+            raise ValueError(
+                f"pos_weight must have shape ({classes},) (one per class, the last axis), got {pa.shape}"
+            )
+        pw = np.ascontiguousarray(np.broadcast_to(pa.astype(np.float64), (classes,)))
+    x = np.ascontiguousarray(arr).reshape(-1, classes)
+    grad_scale = grad = grad_result = None
+    if want_grad:
+        grad_scale = _bce_grad_output(grad_output, reduction, arr.shape)
+        check_grad_destination(logits, arr, inplace, out, (t,))
+        grad_scale = mean_scaled(grad_scale, reduction, float(arr.size))
+        grad, grad_result = grad_destination(arr, x, inplace, out)
+    return BCECall(
+        logits=arr,
+        x=x,
+        target=np.ascontiguousarray(t, dtype=arr.dtype).reshape(-1, classes),
+        weight=w,
+        pos_weight=pw,
+        reduction=reduction,
+        grad_scale=grad_scale,
+        grad=grad,
+        grad_result=grad_result,
+    )
+
+
+def _bce_grad_output(grad_output, reduction, shape):
+    """A float, or with reduction='none' one factor per element as float64 (rows, C)."""
+    if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, (bool, np.bool_)):
+        return float(grad_output)
+    g = _bce_float_array(grad_output, "grad_output")
+    if g.ndim == 0:
+        return float(g)
+    if reduction != "none":
+        raise ValueError(f"grad_output must be a scalar with reduction={reduction!r}, got shape {g.shape}")
+    if g.shape != tuple(shape):
+        raise ValueError(f"grad_output must be a scalar or have the logits' shape {tuple(shape)}, got {g.shape}")
+    return np.ascontiguousarray(g, dtype=np.float64).reshape(-1, shape[-1] if len(shape) else 1)
+
+
+def reduce_bce(call: BCECall, total: float, element_loss):
+    if call.reduction == "none":
+        return element_loss
+    if call.reduction == "sum":
+        return total
+    return total / call.logits.size if call.logits.size else 0.0

@@ -18,6 +18,12 @@ _DTYPE_CODE = {
     "float16": lib.FUSEDCE_F16,
     "bfloat16": lib.FUSEDCE_BF16,
 }
+_BCE_ENTRY = {
+    "float32": lib.fusedce_bce_f32,
+    "float64": lib.fusedce_bce_f64,
+    "float16": lib.fusedce_bce_f16,
+    "bfloat16": lib.fusedce_bce_bf16,
+}
 _CE_ENTRY = {
     "float32": lib.fusedce_ce_f32,
     "float64": lib.fusedce_ce_f64,
@@ -46,6 +52,49 @@ def _check_rc(rc, call=None):
     raise RuntimeError(f"fusedce C kernel failed with code {rc}")
 
 
+class _Pointers:
+    """cffi pointers to arrays, kept alive (with their buffers) for the duration of a call."""
+
+    def __init__(self):
+        self._keep = []
+
+    def __call__(self, arr, ctype="void *"):
+        b = _buf(arr)
+        self._keep.append(b)
+        return ffi.cast(ctype, b)
+
+
+def binary_cross_entropy(call, *, want_elements):
+    """Run one checked BCE call (see _checks.BCECall): (sum of element losses, element losses
+    in the logits' shape and dtype or None); writes call.grad when it is set."""
+    x = call.x
+    loss = np.empty_like(x) if want_elements else None
+    total = ffi.new("double *", 0.0)
+    if x.size:
+        ptr = _Pointers()
+        compute = compute_dtype(x.dtype)
+        args = ffi.new("fusedce_bce_args *")
+        args.rows, args.classes = x.shape
+        args.logits = ptr(x)
+        args.target = ptr(call.target)
+        if call.weight is not None:
+            args.weight = ptr(np.ascontiguousarray(call.weight, dtype=compute))
+            args.weight_per_class = call.weight_per_class
+        if call.pos_weight is not None:
+            args.pos_weight = ptr(np.ascontiguousarray(call.pos_weight, dtype=compute))
+        if isinstance(call.grad_scale, np.ndarray):
+            args.grad_scale = ptr(np.ascontiguousarray(call.grad_scale, dtype=compute))
+        elif call.grad_scale is not None:
+            args.grad_scale_all = call.grad_scale
+        if loss is not None:
+            args.loss = ptr(loss)
+        if call.grad is not None:
+            args.grad = ptr(call.grad)
+        args.loss_sum = total
+        _check_rc(_BCE_ENTRY[x.dtype.name](args))
+    return total[0], None if loss is None else loss.reshape(call.logits.shape)
+
+
 def cross_entropy(call, *, want_loss, want_lse=False, lse_in=None):
     """Run one checked call (see _checks.CECall). Returns (loss, lse) float64 per-row arrays
     (None where not asked); writes call.grad when it is set."""
@@ -57,18 +106,16 @@ def cross_entropy(call, *, want_loss, want_lse=False, lse_in=None):
     name = call.x.dtype.name
     args = ffi.new("fusedce_ce_args *")
     bad_row = ffi.new("int64_t *", -1)
-    keep = []  # cffi buffers must stay alive for the duration of the call
-
-    def ptr(arr, ctype):
-        b = _buf(arr)
-        keep.append(b)
-        return ffi.cast(ctype, b)
+    ptr = _Pointers()
 
     args.rows = rows
     args.classes = classes
     args.logits = ptr(call.x, "void *")
-    args.target = ptr(call.target, "void *")
-    args.target_is_i64 = call.target.dtype == np.int64
+    if call.soft:
+        args.target_probs = ptr(call.target, "void *")
+    else:
+        args.target = ptr(call.target, "void *")
+        args.target_is_i64 = call.target.dtype == np.int64
     if call.weight is not None:
         args.weight = ptr(np.ascontiguousarray(call.weight, dtype=compute_dtype(call.x.dtype)), "void *")
     args.ignore_index = call.ignore_index

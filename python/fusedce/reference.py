@@ -14,6 +14,14 @@ Per counted row i with target t (weight w, W = sum(w), smoothing e, K classes, z
 
 Rows whose target is ignore_index have loss 0 and gradient 0. 'mean' divides by the summed
 w_t of the counted rows (torch's rule), and is 0 with a zero gradient when that sum is 0.
+
+Probability targets q (a float array of the logits' shape), with q~ = (1 - e) q + e / K:
+
+    loss_i = sum_k w_k q~_k (lse - y_k) + z lse^2
+    dloss_i/dy_j = (sum_k w_k q~_k + 2 z lse) p_j - w_j q~_j
+
+and 'mean' divides by the number of rows (torch's rule). A zero q~_k takes no part, even
+against a -inf logit (torch gives NaN there).
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ __all__ = [
     "log_softmax",
     "softmax",
     "logsumexp",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_with_grad",
 ]
 
 
@@ -45,21 +55,28 @@ def _lse(y):
 
 
 def _forward(call):
-    """(per-row weighted loss, per-row lse, capped logits y), all float64."""
+    """(per-row weighted loss, per-row lse, capped logits y, what _grad needs), in float64."""
     x = call.x.astype(np.float64)
     y = _capped(x, call.softcap)
     lse = _lse(y)
-    t = call.target
-    counted = t != call.ignore_index
-    tt = np.where(counted, t, 0)
-    rows = np.arange(t.shape[0])
     w = np.ones(call.classes) if call.weight is None else call.weight
-    wt = np.where(counted, w[tt], 0.0)
-    e = call.label_smoothing
+    e, K = call.label_smoothing, call.classes
     with np.errstate(invalid="ignore", over="ignore"):
+        if call.soft:
+            # smoothed probabilities; a zero one takes no part, even against a -inf logit
+            q = (1.0 - e) * call.target.astype(np.float64) + e / K
+            wq = w * q
+            loss = wq.sum(axis=-1) * lse - np.where(wq != 0, wq * y, 0.0).sum(axis=-1)
+            loss = loss + call.z_loss * lse**2
+            return loss, lse, y, (wq,)
+        t = call.target
+        counted = t != call.ignore_index
+        tt = np.where(counted, t, 0)
+        rows = np.arange(t.shape[0])
+        wt = np.where(counted, w[tt], 0.0)
         loss = np.where(counted, (1.0 - e) * wt * (lse - y[rows, tt]), 0.0)
         if e:
-            smooth = (e / call.classes) * (w.sum() * lse - (y * w).sum(axis=-1))
+            smooth = (e / K) * (w.sum() * lse - (y * w).sum(axis=-1))
             loss = loss + np.where(counted, smooth, 0.0)
         if call.z_loss:
             loss = loss + np.where(counted, call.z_loss * wt * lse**2, 0.0)
@@ -67,17 +84,24 @@ def _forward(call):
 
 
 def _grad(call, lse, y, parts):
-    counted, tt, rows, w, wt = parts
     e, K = call.label_smoothing, call.classes
+    scale = np.broadcast_to(np.asarray(call.grad_scale, dtype=np.float64), (call.rows,))[:, None]
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.exp(y - lse[:, None])
-        c = (1.0 - e) * wt + (e / K) * w.sum() + 2.0 * call.z_loss * wt * lse
-        g = c[:, None] * p - (e / K) * w[None, :]
-        g[rows, tt] -= (1.0 - e) * wt
-        g *= np.broadcast_to(np.asarray(call.grad_scale, dtype=np.float64), (call.rows,))[:, None]
+        if call.soft:
+            (wq,) = parts
+            c = wq.sum(axis=-1) + 2.0 * call.z_loss * lse
+            g = c[:, None] * p - wq
+        else:
+            counted, tt, rows, w, wt = parts
+            c = (1.0 - e) * wt + (e / K) * w.sum() + 2.0 * call.z_loss * wt * lse
+            g = c[:, None] * p - (e / K) * w[None, :]
+            g[rows, tt] -= (1.0 - e) * wt
+        g *= scale
         if call.softcap:
             g *= 1.0 - (y / call.softcap) ** 2
-    g[~counted] = 0.0
+    if not call.soft:
+        g[~counted] = 0.0
     return g
 
 
@@ -151,3 +175,35 @@ def softmax(x):
     arr = _checks.as_logits(x, "x").astype(np.float64)
     with np.errstate(invalid="ignore"):
         return np.exp(arr - _lse(arr)[..., None])
+
+
+def _bce(call):
+    """Element losses and d loss / d x (unscaled), float64, in the stable forms
+    l = w [(1 - t) softplus(x) + pw t softplus(-x)]  (= -w [pw t log s + (1 - t) log(1 - s)])
+    dl/dx = w [(1 + (pw - 1) t) s - pw t],  s = sigmoid(x)."""
+    x = call.x.astype(np.float64)
+    t = call.target.astype(np.float64)
+    w = 1.0 if call.weight is None else call.weight
+    pw = 1.0 if call.pos_weight is None else call.pos_weight
+    e = np.exp(-np.abs(x))
+    softplus_pos = np.maximum(x, 0.0) + np.log1p(e)
+    softplus_neg = np.maximum(-x, 0.0) + np.log1p(e)
+    sig = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return w * ((1.0 - t) * softplus_pos + pw * t * softplus_neg), w * ((1.0 + (pw - 1.0) * t) * sig - pw * t)
+
+
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean"):
+    """torch.nn.functional.binary_cross_entropy_with_logits in float64; 'mean' of nothing is 0."""
+    call = _checks.check_bce(logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction)
+    loss, _ = _bce(call)
+    return _checks.reduce_bce(call, float(loss.sum()), loss.reshape(call.logits.shape))
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None, reduction="mean",
+                                               grad_output=1.0, inplace=False, out=None):
+    """(loss, gradient of grad_output * loss with respect to the logits)."""
+    call = _checks.check_bce(logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction,
+                             grad_output=grad_output, inplace=inplace, out=out, want_grad=True)
+    loss, g = _bce(call)
+    g = g * call.grad_scale
+    return _checks.reduce_bce(call, float(loss.sum()), loss.reshape(call.logits.shape)), _finish_grad(call, g)
