@@ -50,7 +50,7 @@ def _capped(x, softcap):
 def _lse(y):
     m = np.max(y, axis=-1, keepdims=True)
     m = np.where(m == -np.inf, 0.0, m)  # an all -inf row has lse = log(0) = -inf, not NaN
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         return (m + np.log(np.sum(np.exp(y - m), axis=-1, keepdims=True)))[..., 0]
 
 
@@ -168,7 +168,8 @@ def logsumexp(x):
 
 def log_softmax(x):
     arr = _checks.as_logits(x, "x").astype(np.float64)
-    return arr - _lse(arr)[..., None]
+    with np.errstate(invalid="ignore"):
+        return arr - _lse(arr)[..., None]
 
 
 def softmax(x):
