@@ -1,0 +1,181 @@
+/* Microbenchmark of the row primitives of every compiled ISA (one thread), e.g. on x86-64:
+ *
+ *   f="-O3 -fno-math-errno -Icsrc -Icsrc/include"
+ *   cc $f -mavx2 -mfma -mf16c -c csrc/ce_avx2.c -o /tmp/avx2.o
+ *   cc $f -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -c csrc/ce_avx512.c -o /tmp/avx512.o
+ *   cc $f -DFUSEDCE_HAVE_AVX2 -DFUSEDCE_HAVE_AVX512 bench/c_kernels.c csrc/ce_portable.c \
+ *      /tmp/avx2.o /tmp/avx512.o -lm -o /tmp/c_kernels && /tmp/c_kernels [K] [rows]
+ *
+ * 1. In cache: one row of K classes (default 32000), repeated: stats (and with weights and
+ *    wsum), grad, shift, stats with softcap, in elements per second.
+ * 2. Fused forward + backward over rows x K float32 logits (default 4096 x 32000, 512 MB):
+ *    stats then grad per row into a separate gradient, plain or streamed stores.
+ * Medians of several runs, in this thread's CPU time (the machine is small and shared).
+ */
+#define _POSIX_C_SOURCE 199309L
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels.h"
+
+/* This thread's CPU time: the small shared machine's other work does not count. */
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+#define RUNS 7
+typedef void (*bench_fn)(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps);
+
+static void run_stats(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
+{
+    (void)g;
+    ce_stats s;
+    for (int r = 0; r < reps; r++) k->stats(x, n, 0.0, w, w != NULL, &s);
+}
+static void run_grad(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
+{
+    for (int r = 0; r < reps; r++) k->grad(x, n, 0.0, w, 0.5, 0.7, 0.2, 0, g);
+}
+static void run_shift(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
+{
+    (void)w;
+    for (int r = 0; r < reps; r++) k->shift(x, n, 0.5, 0.25, g);
+}
+static void run_stats_cap(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
+{
+    (void)g;
+    ce_stats s;
+    for (int r = 0; r < reps; r++) k->stats(x, n, 30.0, w, 0, &s);
+}
+
+/* Median elements per second of fn over reps calls on n elements. */
+static double rate(bench_fn fn, const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
+{
+    double t[RUNS];
+    fn(k, x, g, w, n, 1); /* warm up */
+    for (int i = 0; i < RUNS; i++) {
+        const double t0 = now();
+        fn(k, x, g, w, n, reps);
+        t[i] = now() - t0;
+    }
+    qsort(t, RUNS, sizeof t[0], cmp_double);
+    return (double)n * reps / t[RUNS / 2];
+}
+
+static const ce_isa_table *tables[] = {
+    &ce_table_portable,
+#if defined(FUSEDCE_HAVE_AVX2)
+    &ce_table_avx2,
+#endif
+#if defined(FUSEDCE_HAVE_AVX512)
+    &ce_table_avx512,
+#endif
+#if defined(FUSEDCE_HAVE_NEON)
+    &ce_table_neon,
+#endif
+};
+static const char *const isa_names[] = {"portable", "avx2", "avx512", "neon"};
+static const char *const dtype_names[] = {"f32", "f64", "f16", "bf16"};
+
+static int isa_runs(int isa)
+{
+#if defined(__x86_64__)
+    if (isa == FUSEDCE_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == FUSEDCE_ISA_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+    (void)isa;
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    const int64_t K = argc > 1 ? atoll(argv[1]) : 32000;
+    const int64_t rows = argc > 2 ? atoll(argv[2]) : 4096;
+    const int reps = (int)(2e8 / (double)K) + 1;
+
+    /* one row per dtype, values like logits */
+    double *xd = aligned_alloc(64, (size_t)K * 8), *gd = aligned_alloc(64, (size_t)K * 8);
+    float *xf = aligned_alloc(64, (size_t)K * 4), *wf = aligned_alloc(64, (size_t)K * 8);
+    uint16_t *xh = aligned_alloc(64, (size_t)K * 2), *xb = aligned_alloc(64, (size_t)K * 2);
+    srand(1);
+    for (int64_t i = 0; i < K; i++) {
+        xd[i] = 8.0 * rand() / RAND_MAX - 4.0;
+        xf[i] = (float)xd[i];
+        xh[i] = ce_f32_to_f16(xf[i]);
+        xb[i] = ce_f32_to_bf16(xf[i]);
+        wf[i] = 1.0f;
+    }
+    void *const x_of[4] = {xf, xd, xh, xb};
+
+    printf("in cache: one row of K=%lld, G elements/s (median of %d)\n", (long long)K, RUNS);
+    printf("%-9s %-5s %8s %8s %8s %8s %8s\n", "isa", "dtype", "stats", "stats+w", "grad", "shift", "stats_cap");
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
+        const ce_isa_table *tab = tables[t];
+        if (!isa_runs(tab->isa)) continue;
+        for (int dt = 0; dt < 4; dt++) {
+            const ce_kernels *k = &tab->k[dt];
+            void *x = x_of[dt];
+            void *w = dt == FUSEDCE_F64 ? (void *)xd : (void *)wf;
+            printf("%-9s %-5s %8.2f %8.2f %8.2f %8.2f %8.2f\n", isa_names[tab->isa], dtype_names[dt],
+                   1e-9 * rate(run_stats, k, x, gd, NULL, K, reps),
+                   1e-9 * rate(run_stats, k, x, gd, w, K, reps),
+                   1e-9 * rate(run_grad, k, x, gd, NULL, K, reps),
+                   1e-9 * rate(run_shift, k, x, gd, NULL, K, reps),
+                   1e-9 * rate(run_stats_cap, k, x, gd, NULL, K, reps / 8 + 1));
+        }
+    }
+
+    /* Fused forward + backward, float32, one thread. */
+    const size_t bytes = (size_t)rows * (size_t)K * 4;
+    float *X = aligned_alloc(64, bytes), *G = aligned_alloc(64, bytes);
+    if (!X || !G) return 1;
+    for (int64_t i = 0; i < rows * K; i++) X[i] = xf[i % K] + (float)(i / K % 7);
+    memset(G, 0, bytes);
+    printf("\nfused forward+backward, float32, %lld x %lld, one thread, G elements/s\n",
+           (long long)rows, (long long)K);
+    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
+        const ce_isa_table *tab = tables[t];
+        if (!isa_runs(tab->isa)) continue;
+        const ce_kernels *k = &tab->k[FUSEDCE_F32];
+        double tt[3];
+        for (int stream = 0; stream < 2; stream++) {
+            for (int run = 0; run < 3; run++) {
+                const double t0 = now();
+                for (int64_t r = 0; r < rows; r++) {
+                    ce_stats s;
+                    k->stats(X + r * K, K, 0.0, NULL, 0, &s);
+                    const double a = 1.0 / s.sum;
+                    k->grad(X + r * K, K, 0.0, NULL, s.max, a, 0.0, stream, G + r * K);
+                }
+                tt[run] = now() - t0;
+            }
+            qsort(tt, 3, sizeof tt[0], cmp_double);
+            printf("%-9s stream=%d %8.2f\n", isa_names[tab->isa], stream, 1e-9 * (double)(rows * K) / tt[1]);
+        }
+    }
+    /* reference: a plain copy of the logits */
+    double tt[3];
+    for (int run = 0; run < 3; run++) {
+        const double t0 = now();
+        memcpy(G, X, bytes);
+        tt[run] = now() - t0;
+    }
+    qsort(tt, 3, sizeof tt[0], cmp_double);
+    printf("%-9s          %8.2f\n", "memcpy", 1e-9 * (double)(rows * K) / tt[1]);
+    return 0;
+}

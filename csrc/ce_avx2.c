@@ -1,0 +1,443 @@
+/* AVX2 row primitives (with FMA and F16C). Same contract as ce_portable.c (kernels.h); see
+ * there for the math.
+ *
+ * The primitives are written once: this file includes itself with CE_AVX2_BODY defined, once
+ * per dtype (T, SUF) within a compute-type family (VT, CT, VN, VOP, ...). AVX2 has no masked
+ * 16-bit loads and stores, so partial vectors (tails, the head of a streamed gradient) go
+ * through a small stack buffer; the math is the same vector code everywhere.
+ */
+#ifndef CE_AVX2_BODY
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "exp_avx2.h"
+#include "kernels.h"
+
+#define CE_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Stats blocks: a block's y values stay in an L1 buffer between the max pass and the sum
+ * pass; its float sums cover at most CE_BLOCK/32 terms per lane before going to double. */
+#define CE_BLOCK 2048
+
+/* Storage <-> compute vectors, one set per dtype: ld, st, stnt (non-temporal, aligned). */
+CE_ALWAYS_INLINE __m256 ld_f32(const float *p) { return _mm256_loadu_ps(p); }
+CE_ALWAYS_INLINE void st_f32(float *p, __m256 v) { _mm256_storeu_ps(p, v); }
+CE_ALWAYS_INLINE void stnt_f32(float *p, __m256 v) { _mm256_stream_ps(p, v); }
+
+CE_ALWAYS_INLINE __m256d ld_f64(const double *p) { return _mm256_loadu_pd(p); }
+CE_ALWAYS_INLINE void st_f64(double *p, __m256d v) { _mm256_storeu_pd(p, v); }
+CE_ALWAYS_INLINE void stnt_f64(double *p, __m256d v) { _mm256_stream_pd(p, v); }
+
+/* IEEE half: the hardware conversion rounds to nearest even like ce_f32_to_f16; only NaNs
+ * differ (it keeps payload bits), so they become sign | 0x7e00 as in the portable code. */
+CE_ALWAYS_INLINE __m128i f32_to_f16_x8(__m256 v)
+{
+    const __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m128i qnan = _mm_or_si128(_mm_and_si128(h, _mm_set1_epi16((short)0x8000)),
+                                      _mm_set1_epi16(0x7e00));
+    const __m256i isnan32 = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    const __m128i isnan16 = _mm_packs_epi32(_mm256_castsi256_si128(isnan32),
+                                            _mm256_extracti128_si256(isnan32, 1));
+    return _mm_blendv_epi8(h, qnan, isnan16);
+}
+CE_ALWAYS_INLINE __m256 ld_f16(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+CE_ALWAYS_INLINE void st_f16(uint16_t *p, __m256 v)
+{
+    _mm_storeu_si128((__m128i *)p, f32_to_f16_x8(v));
+}
+CE_ALWAYS_INLINE void stnt_f16(uint16_t *p, __m256 v)
+{
+    _mm_stream_si128((__m128i *)p, f32_to_f16_x8(v));
+}
+
+/* bfloat16: widen by shifting into the high half; narrow with ce_f32_to_bf16's integer
+ * rounding to nearest even, NaNs made quiet. */
+CE_ALWAYS_INLINE __m128i f32_to_bf16_x8(__m256 v)
+{
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff)));
+    const __m256i qnan = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
+    const __m256i isnan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    const __m256i r = _mm256_srli_epi32(_mm256_blendv_epi8(rounded, qnan, isnan), 16);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+CE_ALWAYS_INLINE __m256 ld_bf16(const uint16_t *p)
+{
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+CE_ALWAYS_INLINE void st_bf16(uint16_t *p, __m256 v)
+{
+    _mm_storeu_si128((__m128i *)p, f32_to_bf16_x8(v));
+}
+CE_ALWAYS_INLINE void stnt_bf16(uint16_t *p, __m256 v)
+{
+    _mm_stream_si128((__m128i *)p, f32_to_bf16_x8(v));
+}
+
+/* Partial vectors of m < VN elements through a buffer (zeros past m on load). */
+#define CE_PARTIAL(SUF, T, VT, VN)                                                        \
+    CE_ALWAYS_INLINE VT ldp_##SUF(const T *p, int m)                                      \
+    {                                                                                     \
+        T b[VN] = {0};                                                                    \
+        memcpy(b, p, (size_t)m * sizeof(T));                                              \
+        return ld_##SUF(b);                                                               \
+    }                                                                                     \
+    CE_ALWAYS_INLINE void stp_##SUF(T *p, int m, VT v)                                    \
+    {                                                                                     \
+        T b[VN];                                                                          \
+        st_##SUF(b, v);                                                                   \
+        memcpy(p, b, (size_t)m * sizeof(T));                                              \
+    }
+CE_PARTIAL(f32, float, __m256, 8)
+CE_PARTIAL(f64, double, __m256d, 4)
+CE_PARTIAL(f16, uint16_t, __m256, 8)
+CE_PARTIAL(bf16, uint16_t, __m256, 8)
+#undef CE_PARTIAL
+
+/* All-ones in the first m lanes. */
+CE_ALWAYS_INLINE __m256 lanes_f32x8(int m)
+{
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m), iota));
+}
+CE_ALWAYS_INLINE __m256d lanes_f64x4(int m)
+{
+    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
+    return _mm256_castsi256_pd(_mm256_cmpgt_epi64(_mm256_set1_epi64x(m), iota));
+}
+
+/* Horizontal max (of non-NaN lanes) and sums in double. */
+CE_ALWAYS_INLINE float hmax_f32x8(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+CE_ALWAYS_INLINE double hsum_f64x4(__m256d v)
+{
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+CE_ALWAYS_INLINE double hsum_f32x8(__m256 v)
+{
+    return hsum_f64x4(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                                    _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+}
+CE_ALWAYS_INLINE double hmax_f64x4(__m256d v)
+{
+    __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
+}
+
+#define CE_CAT_(a, b, c) a##_##b##_##c
+#define CE_CAT(a, b, c) CE_CAT_(a, b, c)
+#define CE_FN(op) CE_CAT(op, SUF, avx2)
+#define CE_CAT2_(a, b) a##_##b
+#define CE_CAT2(a, b) CE_CAT2_(a, b)
+#define LD CE_CAT2(ld, SUF)
+#define LDP CE_CAT2(ldp, SUF)
+#define ST CE_CAT2(st, SUF)
+#define STP CE_CAT2(stp, SUF)
+#define STNT CE_CAT2(stnt, SUF)
+#define CE_AVX2_BODY
+
+/* float compute: f32, f16, bf16 */
+#define CT float
+#define VT __m256
+#define VN 8
+#define VOP(op) _mm256_##op##_ps
+#define VEXP ce_exp_f32x8
+#define VTANH ce_tanh_f32x8
+#define VLANES lanes_f32x8
+#define VHMAX hmax_f32x8
+#define VHSUM hsum_f32x8
+#define LDC ld_f32   /* weights and the block buffer are in the compute type */
+#define LDCP ldp_f32
+#define SUF f32
+#define T float
+#include "ce_avx2.c"
+#undef SUF
+#undef T
+#define SUF f16
+#define T uint16_t
+#include "ce_avx2.c"
+#undef SUF
+#define SUF bf16
+#include "ce_avx2.c"
+#undef SUF
+#undef T
+#undef CT
+#undef VT
+#undef VN
+#undef VOP
+#undef VEXP
+#undef VTANH
+#undef VLANES
+#undef VHMAX
+#undef VHSUM
+#undef LDC
+#undef LDCP
+
+/* double compute: f64 */
+#define CT double
+#define VT __m256d
+#define VN 4
+#define VOP(op) _mm256_##op##_pd
+#define VEXP ce_exp_f64x4
+#define VTANH ce_tanh_f64x4
+#define VLANES lanes_f64x4
+#define VHMAX hmax_f64x4
+#define VHSUM hsum_f64x4
+#define LDC ld_f64
+#define LDCP ldp_f64
+#define SUF f64
+#define T double
+#include "ce_avx2.c"
+
+static void vexp_f32_avx2(const float *x, int64_t n, float *y)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, ce_exp_f32x8(_mm256_loadu_ps(x + i)));
+    if (i < n) stp_f32(y + i, (int)(n - i), ce_exp_f32x8(ldp_f32(x + i, (int)(n - i))));
+}
+
+static void vexp_f64_avx2(const double *x, int64_t n, double *y)
+{
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) _mm256_storeu_pd(y + i, ce_exp_f64x4(_mm256_loadu_pd(x + i)));
+    if (i < n) stp_f64(y + i, (int)(n - i), ce_exp_f64x4(ldp_f64(x + i, (int)(n - i))));
+}
+
+/* stats_soft, grad_soft and bce stay NULL: the driver uses the portable ones. */
+const ce_isa_table ce_table_avx2 = {
+    FUSEDCE_ISA_AVX2,
+    {
+        [FUSEDCE_F32] = {ce_stats_f32_avx2, ce_grad_f32_avx2, ce_shift_f32_avx2},
+        [FUSEDCE_F64] = {ce_stats_f64_avx2, ce_grad_f64_avx2, ce_shift_f64_avx2},
+        [FUSEDCE_F16] = {ce_stats_f16_avx2, ce_grad_f16_avx2, ce_shift_f16_avx2},
+        [FUSEDCE_BF16] = {ce_stats_bf16_avx2, ce_grad_bf16_avx2, ce_shift_bf16_avx2},
+    },
+    vexp_f32_avx2,
+    vexp_f64_avx2,
+};
+
+#else /* CE_AVX2_BODY: the primitives for one dtype */
+
+/* One full vector of pass A: y = cap(x) kept in ybuf, folded into the max and the sum of
+ * y / w*y (wsum_mode 1/2). */
+CE_ALWAYS_INLINE void CE_FN(pass_a)(const T *x, const CT *w, CT *ybuf, VT cap, VT inv_cap,
+                                     VT *vmax, VT *vws, const int capped, const int wsum_mode)
+{
+    VT y = LD(x);
+    if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+    VOP(store)(ybuf, y);
+    *vmax = VOP(max)(y, *vmax); /* second operand wins on NaN: NaNs are skipped */
+    if (wsum_mode == 1) *vws = VOP(add)(*vws, y);
+    if (wsum_mode == 2) *vws = VOP(fmadd)(LDC(w), y, *vws);
+}
+
+/* Pass A over one block: y into ybuf (-inf past nb, up to a multiple of 4*VN, so pass B
+ * needs no tail), the block max, and the sum of y / w*y. Two chains of max and sum hide
+ * their latency. */
+CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, const CT *w, int nb, CT *ybuf, VT cap,
+                                      VT inv_cap, const int capped, const int wsum_mode,
+                                      double *wsum)
+{
+    const VT neg_inf = VOP(set1)((CT)-INFINITY);
+    VT vmax0 = neg_inf, vmax1 = neg_inf, vws0 = VOP(setzero)(), vws1 = vws0;
+    int j = 0;
+#define CE_WA(j) (wsum_mode == 2 ? w + (j) : w) /* no arithmetic on a NULL w */
+    for (; j + 2 * VN <= nb; j += 2 * VN) {
+        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        CE_FN(pass_a)(x + j + VN, CE_WA(j + VN), ybuf + j + VN, cap, inv_cap, &vmax1, &vws1,
+                      capped, wsum_mode);
+    }
+    if (j + VN <= nb) {
+        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        j += VN;
+    }
+#undef CE_WA
+    if (j < nb) {
+        const VT live = VLANES(nb - j);
+        VT y = LDP(x + j, nb - j);
+        if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+        if (wsum_mode == 1) vws0 = VOP(add)(vws0, VOP(and)(live, y));
+        if (wsum_mode == 2) vws0 = VOP(fmadd)(LDCP(w + j, nb - j), VOP(and)(live, y), vws0);
+        y = VOP(blendv)(neg_inf, y, live);
+        VOP(store)(ybuf + j, y);
+        vmax0 = VOP(max)(y, vmax0);
+        j += VN;
+    }
+    for (; j % (4 * VN); j += VN) VOP(store)(ybuf + j, neg_inf);
+    if (wsum_mode) *wsum += VHSUM(VOP(add)(vws0, vws1));
+    return VHMAX(VOP(max)(vmax0, vmax1));
+}
+
+/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. */
+CE_ALWAYS_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref)
+{
+    const VT vref = VOP(set1)(ref);
+    VT s0 = VOP(setzero)(), s1 = s0, s2 = s0, s3 = s0;
+    for (int j = 0; j < nb; j += 4 * VN) {
+        s0 = VOP(add)(s0, VEXP(VOP(sub)(VOP(load)(ybuf + j), vref)));
+        s1 = VOP(add)(s1, VEXP(VOP(sub)(VOP(load)(ybuf + j + VN), vref)));
+        s2 = VOP(add)(s2, VEXP(VOP(sub)(VOP(load)(ybuf + j + 2 * VN), vref)));
+        s3 = VOP(add)(s3, VEXP(VOP(sub)(VOP(load)(ybuf + j + 3 * VN), vref)));
+    }
+    return VHSUM(VOP(add)(VOP(add)(s0, s1), VOP(add)(s2, s3)));
+}
+
+/* A block of nothing but -inf and NaN: its sum is NaN if a NaN is there, else 0. */
+CE_ALWAYS_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
+{
+    for (int j = 0; j < nb; j += VN) {
+        const VT y = VOP(load)(ybuf + j);
+        if (VOP(movemask)(VOP(cmp)(y, y, _CMP_UNORD_Q))) return NAN;
+    }
+    return 0.0;
+}
+
+CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, const CT *w,
+                                         ce_stats *out, const int capped, const int wsum_mode)
+{
+    const VT cap = VOP(set1)((CT)softcap);
+    const VT inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
+    CT ybuf[CE_BLOCK] __attribute__((aligned(32)));
+    double m = -INFINITY, s = 0.0, ws = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
+        const int padded = (nb + 4 * VN - 1) / (4 * VN) * (4 * VN);
+        const double bm = CE_FN(block_max)(x + i0, w ? w + i0 : w, nb, ybuf, cap, inv_cap,
+                                           capped, wsum_mode, &ws);
+        /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
+        const double ref = bm > m ? bm : m;
+        const double bs = ref == -INFINITY ? CE_FN(block_nan)(ybuf, padded)
+                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref);
+        if (ref == m)
+            s += bs;
+        else
+            ce_merge(&m, &s, ref, bs);
+    }
+    out->max = m;
+    out->sum = s;
+    out->wsum = ws;
+}
+
+static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const void *wv,
+                            int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv;
+    const CT *w = (const CT *)wv;
+    const int wsum_mode = !want_wsum ? 0 : w ? 2 : 1;
+    if (softcap > 0) {
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 1);
+        else CE_FN(stats_impl)(x, n, softcap, w, out, 1, 2);
+    } else {
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 1);
+        else CE_FN(stats_impl)(x, n, softcap, w, out, 0, 2);
+    }
+}
+
+typedef struct {
+    VT cap, inv_cap, shift, a, b;
+} CE_FN(grad_consts);
+
+/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w). */
+CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, const CE_FN(grad_consts) *c, const int capped,
+                                    const int weighted)
+{
+    VT y = x, th = x;
+    if (capped) {
+        th = VTANH(VOP(mul)(x, c->inv_cap));
+        y = VOP(mul)(c->cap, th);
+    }
+    const VT bw = weighted ? VOP(mul)(c->b, w) : c->b;
+    const VT v = VOP(fmsub)(c->a, VEXP(VOP(sub)(y, c->shift)), bw);
+    return capped ? VOP(mul)(v, VOP(fnmadd)(th, th, VOP(set1)((CT)1))) : v;
+}
+
+/* The first m < VN elements of x (and w) to g. */
+CE_ALWAYS_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, T *g, int m,
+                                           const CE_FN(grad_consts) *c, const int capped,
+                                           const int weighted)
+{
+    const VT wv = weighted ? LDCP(w, m) : c->b;
+    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, c, capped, weighted));
+}
+
+/* w + j only when there are weights (no arithmetic on NULL); w_j, or b's lanes unused */
+#define CE_W(j) (weighted ? w + (j) : w)
+#define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
+                                        const CE_FN(grad_consts) *c, const int capped,
+                                        const int weighted, const int stream)
+{
+    int64_t j = 0;
+    if (stream) {
+        /* Partial head up to a 64-byte boundary of g, then aligned non-temporal stores. */
+        int64_t head = (int64_t)((64 - ((uintptr_t)g & 63)) & 63) / (int64_t)sizeof(T);
+        if (head > n) head = n;
+        for (; j + VN <= head; j += VN)
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+        if (j < head) {
+            CE_FN(grad_partial)(x + j, CE_W(j), g + j, (int)(head - j), c, capped, weighted);
+            j = head;
+        }
+        for (; j + VN <= n; j += VN)
+            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+    } else {
+        for (; j + VN <= n; j += VN)
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+    }
+    if (j < n) CE_FN(grad_partial)(x + j, CE_W(j), g + j, (int)(n - j), c, capped, weighted);
+    if (stream) _mm_sfence();
+}
+#undef CE_WV
+#undef CE_W
+
+static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
+                           double shift, double a, double b, int stream, void *gv)
+{
+    const T *x = (const T *)xv;
+    const CT *w = (const CT *)wv;
+    T *g = (T *)gv;
+    const CE_FN(grad_consts) c = {
+        VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
+        VOP(set1)((CT)shift), VOP(set1)((CT)a), VOP(set1)((CT)b),
+    };
+    /* Streaming needs element-aligned g to reach a 64-byte boundary. */
+    stream = stream && ((uintptr_t)g % sizeof(T)) == 0;
+    const int weighted = w != NULL;
+    if (softcap > 0) {
+        CE_FN(grad_impl)(x, n, w, g, &c, 1, weighted, stream); /* not the hot path */
+    } else if (stream) {
+        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 1);
+        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 1);
+    } else {
+        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 0);
+        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 0);
+    }
+}
+
+static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)
+{
+    const T *x = (const T *)xv;
+    T *o = (T *)ov;
+    const VT vs = VOP(set1)((CT)shift), vc = VOP(set1)((CT)c);
+    int64_t j = 0;
+    for (; j + VN <= n; j += VN) ST(o + j, VOP(sub)(VOP(sub)(LD(x + j), vs), vc));
+    if (j < n) STP(o + j, (int)(n - j), VOP(sub)(VOP(sub)(LDP(x + j, (int)(n - j)), vs), vc));
+}
+
+#endif /* CE_AVX2_BODY */

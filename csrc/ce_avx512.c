@@ -1,0 +1,428 @@
+/* AVX-512 row primitives (F, BW, VL, DQ; FMA and F16C for the scalar fallbacks the compiler
+ * may emit). Same contract as ce_portable.c (kernels.h); see there for the math.
+ *
+ * The primitives are written once per compute type and storage type: this file includes
+ * itself with CE_AVX512_BODY defined, once per dtype (T, SUF) within a compute-type family
+ * (VT, CT, MT, VN, VOP, ...). Tails and the head of a streamed gradient use masked loads
+ * and stores, never scalar loops.
+ */
+#ifndef CE_AVX512_BODY
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "exp_avx512.h"
+#include "kernels.h"
+
+#define CE_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Stats blocks: a block's y values stay in an L1 buffer between the max pass and the sum
+ * pass; its float sums cover at most CE_BLOCK/64 terms per lane before going to double. */
+#define CE_BLOCK 2048
+
+/* Storage <-> compute vectors, one set per dtype: ld (full), ldm (first lanes of mask k,
+ * zeros elsewhere), st, stm (masked), stnt (non-temporal, aligned destination). */
+CE_ALWAYS_INLINE __m512 ld_f32(const float *p) { return _mm512_loadu_ps(p); }
+CE_ALWAYS_INLINE __m512 ldm_f32(const float *p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+CE_ALWAYS_INLINE void st_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
+CE_ALWAYS_INLINE void stm_f32(float *p, __mmask16 k, __m512 v) { _mm512_mask_storeu_ps(p, k, v); }
+CE_ALWAYS_INLINE void stnt_f32(float *p, __m512 v) { _mm512_stream_ps(p, v); }
+
+CE_ALWAYS_INLINE __m512d ld_f64(const double *p) { return _mm512_loadu_pd(p); }
+CE_ALWAYS_INLINE __m512d ldm_f64(const double *p, __mmask8 k)
+{
+    return _mm512_maskz_loadu_pd(k, p);
+}
+CE_ALWAYS_INLINE void st_f64(double *p, __m512d v) { _mm512_storeu_pd(p, v); }
+CE_ALWAYS_INLINE void stm_f64(double *p, __mmask8 k, __m512d v) { _mm512_mask_storeu_pd(p, k, v); }
+CE_ALWAYS_INLINE void stnt_f64(double *p, __m512d v) { _mm512_stream_pd(p, v); }
+
+/* 16 half-type elements as one 256-bit integer vector */
+#define CE_V16(p) ((__m256i *)(p))
+#define CE_CV16(p) ((const __m256i *)(p))
+
+/* IEEE half: the hardware conversion rounds to nearest even like ce_f32_to_f16; only NaNs
+ * differ (it keeps payload bits), so they become sign | 0x7e00 as in the portable code. */
+CE_ALWAYS_INLINE __m256i f32_to_f16_x16(__m512 v)
+{
+    const __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i qnan = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16((short)0x8000)),
+                                         _mm256_set1_epi16(0x7e00));
+    return _mm256_mask_blend_epi16(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), h, qnan);
+}
+CE_ALWAYS_INLINE __m512 ld_f16(const uint16_t *p)
+{
+    return _mm512_cvtph_ps(_mm256_loadu_si256(CE_CV16(p)));
+}
+CE_ALWAYS_INLINE __m512 ldm_f16(const uint16_t *p, __mmask16 k)
+{
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+}
+CE_ALWAYS_INLINE void st_f16(uint16_t *p, __m512 v)
+{
+    _mm256_storeu_si256(CE_V16(p), f32_to_f16_x16(v));
+}
+CE_ALWAYS_INLINE void stm_f16(uint16_t *p, __mmask16 k, __m512 v)
+{
+    _mm256_mask_storeu_epi16(p, k, f32_to_f16_x16(v));
+}
+CE_ALWAYS_INLINE void stnt_f16(uint16_t *p, __m512 v)
+{
+    _mm256_stream_si256(CE_V16(p), f32_to_f16_x16(v));
+}
+
+/* bfloat16: widen by shifting into the high half; narrow with ce_f32_to_bf16's integer
+ * rounding (AVX512-BF16's instruction would flush subnormals, so it is not used). */
+CE_ALWAYS_INLINE __m512 bf16_to_f32_x16(__m256i h)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+CE_ALWAYS_INLINE __m512i f32_to_bf16_x16(__m512 v) /* 16-bit results in 32-bit lanes */
+{
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __m512i qnan = _mm512_or_si512(u, _mm512_set1_epi32(0x400000));
+    const __mmask16 isnan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_srli_epi32(_mm512_mask_blend_epi32(isnan, rounded, qnan), 16);
+}
+CE_ALWAYS_INLINE __m512 ld_bf16(const uint16_t *p)
+{
+    return bf16_to_f32_x16(_mm256_loadu_si256(CE_CV16(p)));
+}
+CE_ALWAYS_INLINE __m512 ldm_bf16(const uint16_t *p, __mmask16 k)
+{
+    return bf16_to_f32_x16(_mm256_maskz_loadu_epi16(k, p));
+}
+CE_ALWAYS_INLINE void st_bf16(uint16_t *p, __m512 v)
+{
+    _mm256_storeu_si256(CE_V16(p), _mm512_cvtepi32_epi16(f32_to_bf16_x16(v)));
+}
+CE_ALWAYS_INLINE void stm_bf16(uint16_t *p, __mmask16 k, __m512 v)
+{
+    _mm512_mask_cvtepi32_storeu_epi16(p, k, f32_to_bf16_x16(v));
+}
+CE_ALWAYS_INLINE void stnt_bf16(uint16_t *p, __m512 v)
+{
+    _mm256_stream_si256(CE_V16(p), _mm512_cvtepi32_epi16(f32_to_bf16_x16(v)));
+}
+
+/* Lane sums in double, so the block's float partial sums lose nothing more. */
+CE_ALWAYS_INLINE double sum_to_double_f32x16(__m512 v)
+{
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                                              _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
+}
+
+#define CE_CAT_(a, b, c) a##_##b##_##c
+#define CE_CAT(a, b, c) CE_CAT_(a, b, c)
+#define CE_FN(op) CE_CAT(op, SUF, avx512)
+#define CE_CAT2_(a, b) a##_##b
+#define CE_CAT2(a, b) CE_CAT2_(a, b)
+#define LD CE_CAT2(ld, SUF)
+#define LDM CE_CAT2(ldm, SUF)
+#define ST CE_CAT2(st, SUF)
+#define STM CE_CAT2(stm, SUF)
+#define STNT CE_CAT2(stnt, SUF)
+#define CE_AVX512_BODY
+
+/* float compute: f32, f16, bf16 */
+#define CT float
+#define VT __m512
+#define MT __mmask16
+#define VN 16
+#define VOP(op) _mm512_##op##_ps
+#define VCMP_MASK _mm512_cmp_ps_mask
+#define VEXP ce_exp_f32x16
+#define VTANH ce_tanh_f32x16
+#define LDC ld_f32   /* weights and the block buffer are in the compute type */
+#define LDCM ldm_f32
+#define SUM_TO_DOUBLE sum_to_double_f32x16
+#define SUF f32
+#define T float
+#include "ce_avx512.c"
+#undef SUF
+#undef T
+#define SUF f16
+#define T uint16_t
+#include "ce_avx512.c"
+#undef SUF
+#define SUF bf16
+#include "ce_avx512.c"
+#undef SUF
+#undef T
+#undef CT
+#undef VT
+#undef MT
+#undef VN
+#undef VOP
+#undef VCMP_MASK
+#undef VEXP
+#undef VTANH
+#undef LDC
+#undef LDCM
+#undef SUM_TO_DOUBLE
+
+/* double compute: f64 */
+#define CT double
+#define VT __m512d
+#define MT __mmask8
+#define VN 8
+#define VOP(op) _mm512_##op##_pd
+#define VCMP_MASK _mm512_cmp_pd_mask
+#define VEXP ce_exp_f64x8
+#define VTANH ce_tanh_f64x8
+#define LDC ld_f64
+#define LDCM ldm_f64
+#define SUM_TO_DOUBLE _mm512_reduce_add_pd
+#define SUF f64
+#define T double
+#include "ce_avx512.c"
+
+static void vexp_f32_avx512(const float *x, int64_t n, float *y)
+{
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, ce_exp_f32x16(_mm512_loadu_ps(x + i)));
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(y + i, k, ce_exp_f32x16(_mm512_maskz_loadu_ps(k, x + i)));
+}
+
+static void vexp_f64_avx512(const double *x, int64_t n, double *y)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm512_storeu_pd(y + i, ce_exp_f64x8(_mm512_loadu_pd(x + i)));
+    const __mmask8 k = (__mmask8)((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_pd(y + i, k, ce_exp_f64x8(_mm512_maskz_loadu_pd(k, x + i)));
+}
+
+/* stats_soft, grad_soft and bce stay NULL: the driver uses the portable ones. */
+const ce_isa_table ce_table_avx512 = {
+    FUSEDCE_ISA_AVX512,
+    {
+        [FUSEDCE_F32] = {ce_stats_f32_avx512, ce_grad_f32_avx512, ce_shift_f32_avx512},
+        [FUSEDCE_F64] = {ce_stats_f64_avx512, ce_grad_f64_avx512, ce_shift_f64_avx512},
+        [FUSEDCE_F16] = {ce_stats_f16_avx512, ce_grad_f16_avx512, ce_shift_f16_avx512},
+        [FUSEDCE_BF16] = {ce_stats_bf16_avx512, ce_grad_bf16_avx512, ce_shift_bf16_avx512},
+    },
+    vexp_f32_avx512,
+    vexp_f64_avx512,
+};
+
+#else /* CE_AVX512_BODY: the primitives for one dtype */
+
+/* First m lanes (m <= VN). */
+#define CE_LANES(m) ((MT)((1u << (m)) - 1u))
+
+/* One full vector of pass A: y = cap(x) kept in ybuf, folded into the max and the sum of
+ * y / w*y (wsum_mode 1/2). */
+CE_ALWAYS_INLINE void CE_FN(pass_a)(const T *x, const CT *w, CT *ybuf, VT cap, VT inv_cap,
+                                     VT *vmax, VT *vws, const int capped, const int wsum_mode)
+{
+    VT y = LD(x);
+    if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+    VOP(store)(ybuf, y);
+    *vmax = VOP(max)(y, *vmax); /* second operand wins on NaN: NaNs are skipped */
+    if (wsum_mode == 1) *vws = VOP(add)(*vws, y);
+    if (wsum_mode == 2) *vws = VOP(fmadd)(LDC(w), y, *vws);
+}
+
+/* Pass A over one block: y into ybuf (-inf past nb, up to a multiple of 4*VN, so pass B
+ * needs no tail), the block max, and the sum of y / w*y. Two chains of max and sum hide
+ * their latency. */
+CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, const CT *w, int nb, CT *ybuf, VT cap,
+                                      VT inv_cap, const int capped, const int wsum_mode,
+                                      double *wsum)
+{
+    const VT neg_inf = VOP(set1)((CT)-INFINITY);
+    VT vmax0 = neg_inf, vmax1 = neg_inf, vws0 = VOP(setzero)(), vws1 = vws0;
+    int j = 0;
+#define CE_WA(j) (wsum_mode == 2 ? w + (j) : w) /* no arithmetic on a NULL w */
+    for (; j + 2 * VN <= nb; j += 2 * VN) {
+        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        CE_FN(pass_a)(x + j + VN, CE_WA(j + VN), ybuf + j + VN, cap, inv_cap, &vmax1, &vws1,
+                      capped, wsum_mode);
+    }
+    if (j + VN <= nb) {
+        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        j += VN;
+    }
+#undef CE_WA
+    if (j < nb) {
+        const MT k = CE_LANES(nb - j);
+        VT y = LDM(x + j, k);
+        if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+        if (wsum_mode == 1) vws0 = VOP(add)(vws0, VOP(maskz_mov)(k, y));
+        if (wsum_mode == 2) vws0 = VOP(fmadd)(LDCM(w + j, k), VOP(maskz_mov)(k, y), vws0);
+        y = VOP(mask_blend)(k, neg_inf, y);
+        VOP(store)(ybuf + j, y);
+        vmax0 = VOP(max)(y, vmax0);
+        j += VN;
+    }
+    for (; j % (4 * VN); j += VN) VOP(store)(ybuf + j, neg_inf);
+    if (wsum_mode) *wsum += SUM_TO_DOUBLE(VOP(add)(vws0, vws1));
+    return VOP(reduce_max)(VOP(max)(vmax0, vmax1));
+}
+
+/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. */
+CE_ALWAYS_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref)
+{
+    const VT vref = VOP(set1)(ref);
+    VT s0 = VOP(setzero)(), s1 = s0, s2 = s0, s3 = s0;
+    for (int j = 0; j < nb; j += 4 * VN) {
+        s0 = VOP(add)(s0, VEXP(VOP(sub)(VOP(load)(ybuf + j), vref)));
+        s1 = VOP(add)(s1, VEXP(VOP(sub)(VOP(load)(ybuf + j + VN), vref)));
+        s2 = VOP(add)(s2, VEXP(VOP(sub)(VOP(load)(ybuf + j + 2 * VN), vref)));
+        s3 = VOP(add)(s3, VEXP(VOP(sub)(VOP(load)(ybuf + j + 3 * VN), vref)));
+    }
+    return SUM_TO_DOUBLE(VOP(add)(VOP(add)(s0, s1), VOP(add)(s2, s3)));
+}
+
+/* A block of nothing but -inf and NaN: its sum is NaN if a NaN is there, else 0. */
+CE_ALWAYS_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
+{
+    for (int j = 0; j < nb; j += VN) {
+        const VT y = VOP(load)(ybuf + j);
+        if (VCMP_MASK(y, y, _CMP_UNORD_Q)) return NAN;
+    }
+    return 0.0;
+}
+
+CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, const CT *w,
+                                         ce_stats *out, const int capped, const int wsum_mode)
+{
+    const VT cap = VOP(set1)((CT)softcap);
+    const VT inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
+    CT ybuf[CE_BLOCK] __attribute__((aligned(64)));
+    double m = -INFINITY, s = 0.0, ws = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
+        const int padded = (nb + 4 * VN - 1) / (4 * VN) * (4 * VN);
+        const double bm = CE_FN(block_max)(x + i0, w ? w + i0 : w, nb, ybuf, cap, inv_cap,
+                                           capped, wsum_mode, &ws);
+        /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
+        const double ref = bm > m ? bm : m;
+        const double bs = ref == -INFINITY ? CE_FN(block_nan)(ybuf, padded)
+                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref);
+        if (ref == m)
+            s += bs;
+        else
+            ce_merge(&m, &s, ref, bs);
+    }
+    out->max = m;
+    out->sum = s;
+    out->wsum = ws;
+}
+
+static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const void *wv,
+                            int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv;
+    const CT *w = (const CT *)wv;
+    const int wsum_mode = !want_wsum ? 0 : w ? 2 : 1;
+    if (softcap > 0) {
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 1);
+        else CE_FN(stats_impl)(x, n, softcap, w, out, 1, 2);
+    } else {
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 1);
+        else CE_FN(stats_impl)(x, n, softcap, w, out, 0, 2);
+    }
+}
+
+typedef struct {
+    VT cap, inv_cap, shift, a, b;
+} CE_FN(grad_consts);
+
+/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w). */
+CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, const CE_FN(grad_consts) *c, const int capped,
+                                    const int weighted)
+{
+    VT y = x, th = x;
+    if (capped) {
+        th = VTANH(VOP(mul)(x, c->inv_cap));
+        y = VOP(mul)(c->cap, th);
+    }
+    const VT bw = weighted ? VOP(mul)(c->b, w) : c->b;
+    const VT v = VOP(fmsub)(c->a, VEXP(VOP(sub)(y, c->shift)), bw);
+    return capped ? VOP(mul)(v, VOP(fnmadd)(th, th, VOP(set1)((CT)1))) : v;
+}
+
+/* Masked: lanes k of x[0..VN), w[0..VN) to g. */
+CE_ALWAYS_INLINE void CE_FN(grad_masked)(const T *x, const CT *w, T *g, MT k,
+                                          const CE_FN(grad_consts) *c, const int capped,
+                                          const int weighted)
+{
+    const VT wv = weighted ? LDCM(w, k) : c->b;
+    STM(g, k, CE_FN(grad_vec)(LDM(x, k), wv, c, capped, weighted));
+}
+
+/* w + j only when there are weights (no arithmetic on NULL); w_j, or b's lanes unused */
+#define CE_W(j) (weighted ? w + (j) : w)
+#define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
+                                        const CE_FN(grad_consts) *c, const int capped,
+                                        const int weighted, const int stream)
+{
+    int64_t j = 0;
+    if (stream) {
+        /* Masked head up to a 64-byte boundary of g, then aligned non-temporal stores. */
+        int64_t head = (int64_t)((64 - ((uintptr_t)g & 63)) & 63) / (int64_t)sizeof(T);
+        if (head > n) head = n;
+        while (j < head) {
+            const int m = head - j < VN ? (int)(head - j) : VN;
+            CE_FN(grad_masked)(x + j, CE_W(j), g + j, CE_LANES(m), c, capped, weighted);
+            j += m;
+        }
+        for (; j + VN <= n; j += VN)
+            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+    } else {
+        for (; j + VN <= n; j += VN)
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+    }
+    if (j < n) CE_FN(grad_masked)(x + j, CE_W(j), g + j, CE_LANES(n - j), c, capped, weighted);
+    if (stream) _mm_sfence();
+}
+#undef CE_WV
+#undef CE_W
+
+static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
+                           double shift, double a, double b, int stream, void *gv)
+{
+    const T *x = (const T *)xv;
+    const CT *w = (const CT *)wv;
+    T *g = (T *)gv;
+    const CE_FN(grad_consts) c = {
+        VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
+        VOP(set1)((CT)shift), VOP(set1)((CT)a), VOP(set1)((CT)b),
+    };
+    /* Streaming needs element-aligned g to reach a 64-byte boundary. */
+    stream = stream && ((uintptr_t)g % sizeof(T)) == 0;
+    const int weighted = w != NULL;
+    if (softcap > 0) {
+        CE_FN(grad_impl)(x, n, w, g, &c, 1, weighted, stream); /* not the hot path */
+    } else if (stream) {
+        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 1);
+        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 1);
+    } else {
+        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 0);
+        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 0);
+    }
+}
+
+static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)
+{
+    const T *x = (const T *)xv;
+    T *o = (T *)ov;
+    const VT vs = VOP(set1)((CT)shift), vc = VOP(set1)((CT)c);
+    int64_t j = 0;
+    for (; j + VN <= n; j += VN) ST(o + j, VOP(sub)(VOP(sub)(LD(x + j), vs), vc));
+    if (j < n) {
+        const MT k = CE_LANES(n - j);
+        STM(o + j, k, VOP(sub)(VOP(sub)(LDM(x + j, k), vs), vc));
+    }
+}
+
+#undef CE_LANES
+#endif /* CE_AVX512_BODY */

@@ -1,0 +1,383 @@
+/* AArch64 Advanced SIMD (NEON) row primitives. Same contract as ce_portable.c (kernels.h);
+ * see there for the math.
+ *
+ * The primitives are written once: this file includes itself with CE_NEON_BODY defined, once
+ * per dtype (T, SUF) within a compute-type family (VT, CT, VN, ...). Partial vectors (tails)
+ * go through a small stack buffer; the math is the same vector code everywhere. NEON has no
+ * non-temporal store intrinsic: `stream` is accepted and stores stay ordinary.
+ */
+#ifndef CE_NEON_BODY
+
+#include <arm_neon.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "exp_neon.h"
+#include "kernels.h"
+
+#define CE_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* Stats blocks: a block's y values stay in an L1 buffer between the max pass and the sum
+ * pass; its float sums cover at most CE_BLOCK/16 terms per lane before going to double. */
+#define CE_BLOCK 2048
+
+/* Storage <-> compute vectors, one set per dtype. */
+CE_ALWAYS_INLINE float32x4_t ld_f32(const float *p) { return vld1q_f32(p); }
+CE_ALWAYS_INLINE void st_f32(float *p, float32x4_t v) { vst1q_f32(p, v); }
+CE_ALWAYS_INLINE float64x2_t ld_f64(const double *p) { return vld1q_f64(p); }
+CE_ALWAYS_INLINE void st_f64(double *p, float64x2_t v) { vst1q_f64(p, v); }
+
+/* IEEE half: FCVT rounds to nearest even (FPCR default) like ce_f32_to_f16; only NaNs
+ * differ (it keeps payload bits), so they become sign | 0x7e00 as in the portable code. */
+CE_ALWAYS_INLINE float32x4_t ld_f16(const uint16_t *p)
+{
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+}
+CE_ALWAYS_INLINE void st_f16(uint16_t *p, float32x4_t v)
+{
+    const uint16x4_t h = vreinterpret_u16_f16(vcvt_f16_f32(v));
+    const uint16x4_t qnan = vorr_u16(vand_u16(h, vdup_n_u16(0x8000)), vdup_n_u16(0x7e00));
+    const uint16x4_t isnan = vmovn_u32(vmvnq_u32(vceqq_f32(v, v)));
+    vst1_u16(p, vbsl_u16(isnan, qnan, h));
+}
+
+/* bfloat16: widen by shifting into the high half; narrow with ce_f32_to_bf16's integer
+ * rounding to nearest even, NaNs made quiet. */
+CE_ALWAYS_INLINE float32x4_t ld_bf16(const uint16_t *p)
+{
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+CE_ALWAYS_INLINE void st_bf16(uint16_t *p, float32x4_t v)
+{
+    const uint32x4_t u = vreinterpretq_u32_f32(v);
+    const uint32x4_t odd = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    const uint32x4_t rounded = vaddq_u32(u, vaddq_u32(odd, vdupq_n_u32(0x7fff)));
+    const uint32x4_t qnan = vorrq_u32(u, vdupq_n_u32(0x400000));
+    const uint32x4_t isnan = vmvnq_u32(vceqq_f32(v, v));
+    vst1_u16(p, vshrn_n_u32(vbslq_u32(isnan, qnan, rounded), 16));
+}
+
+/* Partial vectors of m < VN elements through a buffer (zeros past m on load). */
+#define CE_PARTIAL(SUF, T, VT, VN)                                                        \
+    CE_ALWAYS_INLINE VT ldp_##SUF(const T *p, int m)                                      \
+    {                                                                                     \
+        T b[VN] = {0};                                                                    \
+        memcpy(b, p, (size_t)m * sizeof(T));                                              \
+        return ld_##SUF(b);                                                               \
+    }                                                                                     \
+    CE_ALWAYS_INLINE void stp_##SUF(T *p, int m, VT v)                                    \
+    {                                                                                     \
+        T b[VN];                                                                          \
+        st_##SUF(b, v);                                                                   \
+        memcpy(p, b, (size_t)m * sizeof(T));                                              \
+    }
+CE_PARTIAL(f32, float, float32x4_t, 4)
+CE_PARTIAL(f64, double, float64x2_t, 2)
+CE_PARTIAL(f16, uint16_t, float32x4_t, 4)
+CE_PARTIAL(bf16, uint16_t, float32x4_t, 4)
+#undef CE_PARTIAL
+
+/* All-ones in the first m lanes. */
+CE_ALWAYS_INLINE uint32x4_t lanes_f32x4(int m)
+{
+    static const uint32_t iota[4] = {0, 1, 2, 3};
+    return vcltq_u32(vld1q_u32(iota), vdupq_n_u32((uint32_t)m));
+}
+CE_ALWAYS_INLINE uint64x2_t lanes_f64x2(int m)
+{
+    static const uint64_t iota[2] = {0, 1};
+    return vcltq_u64(vld1q_u64(iota), vdupq_n_u64((uint64_t)m));
+}
+
+/* Any NaN lane; lane sums in double. */
+CE_ALWAYS_INLINE int anynan_f32x4(float32x4_t v) { return vminvq_u32(vceqq_f32(v, v)) == 0; }
+CE_ALWAYS_INLINE int anynan_f64x2(float64x2_t v)
+{
+    return vminvq_u32(vreinterpretq_u32_u64(vceqq_f64(v, v))) == 0;
+}
+CE_ALWAYS_INLINE double hsum_f32x4(float32x4_t v)
+{
+    return vaddvq_f64(vaddq_f64(vcvt_f64_f32(vget_low_f32(v)), vcvt_high_f64_f32(v)));
+}
+
+#define CE_CAT_(a, b, c) a##_##b##_##c
+#define CE_CAT(a, b, c) CE_CAT_(a, b, c)
+#define CE_FN(op) CE_CAT(op, SUF, neon)
+#define CE_CAT2_(a, b) a##_##b
+#define CE_CAT2(a, b) CE_CAT2_(a, b)
+#define LD CE_CAT2(ld, SUF)
+#define LDP CE_CAT2(ldp, SUF)
+#define ST CE_CAT2(st, SUF)
+#define STP CE_CAT2(stp, SUF)
+#define CE_NEON_BODY
+
+/* float compute: f32, f16, bf16. VOP(vadd) is vaddq_f32; vfmaq(a, b, c) = a + b*c. */
+#define CT float
+#define VT float32x4_t
+#define VN 4
+#define VOP(op) op##q_f32
+#define VDUP vdupq_n_f32
+#define VEXP ce_exp_f32x4
+#define VTANH ce_tanh_f32x4
+#define VLANES lanes_f32x4
+#define VANYNAN anynan_f32x4
+#define VHMAX vmaxvq_f32
+#define VHSUM hsum_f32x4
+#define LDC ld_f32   /* weights and the block buffer are in the compute type */
+#define LDCP ldp_f32
+#define SUF f32
+#define T float
+#include "ce_neon.c"
+#undef SUF
+#undef T
+#define SUF f16
+#define T uint16_t
+#include "ce_neon.c"
+#undef SUF
+#define SUF bf16
+#include "ce_neon.c"
+#undef SUF
+#undef T
+#undef CT
+#undef VT
+#undef VN
+#undef VOP
+#undef VDUP
+#undef VEXP
+#undef VTANH
+#undef VLANES
+#undef VANYNAN
+#undef VHMAX
+#undef VHSUM
+#undef LDC
+#undef LDCP
+
+/* double compute: f64 */
+#define CT double
+#define VT float64x2_t
+#define VN 2
+#define VOP(op) op##q_f64
+#define VDUP vdupq_n_f64
+#define VEXP ce_exp_f64x2
+#define VTANH ce_tanh_f64x2
+#define VLANES lanes_f64x2
+#define VANYNAN anynan_f64x2
+#define VHMAX vmaxvq_f64
+#define VHSUM vaddvq_f64
+#define LDC ld_f64
+#define LDCP ldp_f64
+#define SUF f64
+#define T double
+#include "ce_neon.c"
+
+static void vexp_f32_neon(const float *x, int64_t n, float *y)
+{
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, ce_exp_f32x4(vld1q_f32(x + i)));
+    if (i < n) stp_f32(y + i, (int)(n - i), ce_exp_f32x4(ldp_f32(x + i, (int)(n - i))));
+}
+
+static void vexp_f64_neon(const double *x, int64_t n, double *y)
+{
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) vst1q_f64(y + i, ce_exp_f64x2(vld1q_f64(x + i)));
+    if (i < n) stp_f64(y + i, (int)(n - i), ce_exp_f64x2(ldp_f64(x + i, (int)(n - i))));
+}
+
+/* stats_soft, grad_soft and bce stay NULL: the driver uses the portable ones. */
+const ce_isa_table ce_table_neon = {
+    FUSEDCE_ISA_NEON,
+    {
+        [FUSEDCE_F32] = {ce_stats_f32_neon, ce_grad_f32_neon, ce_shift_f32_neon},
+        [FUSEDCE_F64] = {ce_stats_f64_neon, ce_grad_f64_neon, ce_shift_f64_neon},
+        [FUSEDCE_F16] = {ce_stats_f16_neon, ce_grad_f16_neon, ce_shift_f16_neon},
+        [FUSEDCE_BF16] = {ce_stats_bf16_neon, ce_grad_bf16_neon, ce_shift_bf16_neon},
+    },
+    vexp_f32_neon,
+    vexp_f64_neon,
+};
+
+#else /* CE_NEON_BODY: the primitives for one dtype */
+
+/* One full vector of pass A: y = cap(x) kept in ybuf, folded into the max and the sum of
+ * y / w*y (wsum_mode 1/2). */
+CE_ALWAYS_INLINE void CE_FN(pass_a)(const T *x, const CT *w, CT *ybuf, VT cap, VT inv_cap,
+                                     VT *vmax, VT *vws, const int capped, const int wsum_mode)
+{
+    VT y = LD(x);
+    if (capped) y = VOP(vmul)(cap, VTANH(VOP(vmul)(y, inv_cap)));
+    VOP(vst1)(ybuf, y);
+    *vmax = VOP(vbsl)(VOP(vcgt)(y, *vmax), y, *vmax); /* FMAX would keep NaNs: compare */
+    if (wsum_mode == 1) *vws = VOP(vadd)(*vws, y);
+    if (wsum_mode == 2) *vws = VOP(vfma)(*vws, LDC(w), y);
+}
+
+/* Pass A over one block: y into ybuf (-inf past nb, up to a multiple of 4*VN, so pass B
+ * needs no tail), the block max, and the sum of y / w*y. Two chains of max and sum hide
+ * their latency. */
+CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, const CT *w, int nb, CT *ybuf, VT cap,
+                                      VT inv_cap, const int capped, const int wsum_mode,
+                                      double *wsum)
+{
+    const VT neg_inf = VDUP((CT)-INFINITY), zero = VDUP((CT)0);
+    VT vmax0 = neg_inf, vmax1 = neg_inf, vws0 = zero, vws1 = vws0;
+    int j = 0;
+#define CE_WA(j) (wsum_mode == 2 ? w + (j) : w) /* no arithmetic on a NULL w */
+    for (; j + 2 * VN <= nb; j += 2 * VN) {
+        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        CE_FN(pass_a)(x + j + VN, CE_WA(j + VN), ybuf + j + VN, cap, inv_cap, &vmax1, &vws1,
+                      capped, wsum_mode);
+    }
+    if (j + VN <= nb) {
+        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        j += VN;
+    }
+#undef CE_WA
+    if (j < nb) {
+        const int m = nb - j;
+        VT y = LDP(x + j, m);
+        if (capped) y = VOP(vmul)(cap, VTANH(VOP(vmul)(y, inv_cap)));
+        if (wsum_mode == 1) vws0 = VOP(vadd)(vws0, VOP(vbsl)(VLANES(m), y, zero));
+        if (wsum_mode == 2) vws0 = VOP(vfma)(vws0, LDCP(w + j, m), VOP(vbsl)(VLANES(m), y, zero));
+        y = VOP(vbsl)(VLANES(m), y, neg_inf);
+        VOP(vst1)(ybuf + j, y);
+        vmax0 = VOP(vbsl)(VOP(vcgt)(y, vmax0), y, vmax0);
+        j += VN;
+    }
+    for (; j % (4 * VN); j += VN) VOP(vst1)(ybuf + j, neg_inf);
+    if (wsum_mode) *wsum += VHSUM(VOP(vadd)(vws0, vws1));
+    vmax0 = VOP(vbsl)(VOP(vcgt)(vmax1, vmax0), vmax1, vmax0);
+    return VHMAX(vmax0);
+}
+
+/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. */
+CE_ALWAYS_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref)
+{
+    const VT vref = VDUP(ref);
+    VT s0 = VDUP((CT)0), s1 = s0, s2 = s0, s3 = s0;
+    for (int j = 0; j < nb; j += 4 * VN) {
+        s0 = VOP(vadd)(s0, VEXP(VOP(vsub)(VOP(vld1)(ybuf + j), vref)));
+        s1 = VOP(vadd)(s1, VEXP(VOP(vsub)(VOP(vld1)(ybuf + j + VN), vref)));
+        s2 = VOP(vadd)(s2, VEXP(VOP(vsub)(VOP(vld1)(ybuf + j + 2 * VN), vref)));
+        s3 = VOP(vadd)(s3, VEXP(VOP(vsub)(VOP(vld1)(ybuf + j + 3 * VN), vref)));
+    }
+    return VHSUM(VOP(vadd)(VOP(vadd)(s0, s1), VOP(vadd)(s2, s3)));
+}
+
+/* A block of nothing but -inf and NaN: its sum is NaN if a NaN is there, else 0. */
+CE_ALWAYS_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
+{
+    for (int j = 0; j < nb; j += VN)
+        if (VANYNAN(VOP(vld1)(ybuf + j))) return NAN;
+    return 0.0;
+}
+
+CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, const CT *w,
+                                         ce_stats *out, const int capped, const int wsum_mode)
+{
+    const VT cap = VDUP((CT)softcap);
+    const VT inv_cap = VDUP(capped ? (CT)(1.0 / softcap) : (CT)0);
+    CT ybuf[CE_BLOCK] __attribute__((aligned(16)));
+    double m = -INFINITY, s = 0.0, ws = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
+        const int padded = (nb + 4 * VN - 1) / (4 * VN) * (4 * VN);
+        const double bm = CE_FN(block_max)(x + i0, w ? w + i0 : w, nb, ybuf, cap, inv_cap,
+                                           capped, wsum_mode, &ws);
+        /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
+        const double ref = bm > m ? bm : m;
+        const double bs = ref == -INFINITY ? CE_FN(block_nan)(ybuf, padded)
+                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref);
+        if (ref == m)
+            s += bs;
+        else
+            ce_merge(&m, &s, ref, bs);
+    }
+    out->max = m;
+    out->sum = s;
+    out->wsum = ws;
+}
+
+static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const void *wv,
+                            int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv;
+    const CT *w = (const CT *)wv;
+    const int wsum_mode = !want_wsum ? 0 : w ? 2 : 1;
+    if (softcap > 0) {
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 1);
+        else CE_FN(stats_impl)(x, n, softcap, w, out, 1, 2);
+    } else {
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 1);
+        else CE_FN(stats_impl)(x, n, softcap, w, out, 0, 2);
+    }
+}
+
+typedef struct {
+    VT cap, inv_cap, shift, a, neg_b;
+} CE_FN(grad_consts);
+
+/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w). */
+CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, const CE_FN(grad_consts) *c, const int capped,
+                                    const int weighted)
+{
+    VT y = x, th = x;
+    if (capped) {
+        th = VTANH(VOP(vmul)(x, c->inv_cap));
+        y = VOP(vmul)(c->cap, th);
+    }
+    const VT neg_bw = weighted ? VOP(vmul)(c->neg_b, w) : c->neg_b;
+    const VT v = VOP(vfma)(neg_bw, c->a, VEXP(VOP(vsub)(y, c->shift)));
+    return capped ? VOP(vmul)(v, VOP(vfms)(VDUP((CT)1), th, th)) : v;
+}
+
+/* The first m < VN elements of x (and w) to g. */
+CE_ALWAYS_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, T *g, int m,
+                                           const CE_FN(grad_consts) *c, const int capped,
+                                           const int weighted)
+{
+    const VT wv = weighted ? LDCP(w, m) : c->neg_b;
+    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, c, capped, weighted));
+}
+
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
+                                        const CE_FN(grad_consts) *c, const int capped,
+                                        const int weighted)
+{
+    int64_t j = 0;
+    for (; j + VN <= n; j += VN)
+        ST(g + j, CE_FN(grad_vec)(LD(x + j), weighted ? LDC(w + j) : c->neg_b, c, capped, weighted));
+    if (j < n)
+        CE_FN(grad_partial)(x + j, weighted ? w + j : w, g + j, (int)(n - j), c, capped, weighted);
+}
+
+static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
+                           double shift, double a, double b, int stream, void *gv)
+{
+    (void)stream;
+    const T *x = (const T *)xv;
+    const CT *w = (const CT *)wv;
+    T *g = (T *)gv;
+    const CE_FN(grad_consts) c = {
+        VDUP((CT)softcap), VDUP(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
+        VDUP((CT)shift), VDUP((CT)a), VDUP(-(CT)b),
+    };
+    if (softcap > 0) CE_FN(grad_impl)(x, n, w, g, &c, 1, w != NULL); /* not the hot path */
+    else if (w) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1);
+    else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0);
+}
+
+static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)
+{
+    const T *x = (const T *)xv;
+    T *o = (T *)ov;
+    const VT vs = VDUP((CT)shift), vc = VDUP((CT)c);
+    int64_t j = 0;
+    for (; j + VN <= n; j += VN) ST(o + j, VOP(vsub)(VOP(vsub)(LD(x + j), vs), vc));
+    if (j < n) STP(o + j, (int)(n - j), VOP(vsub)(VOP(vsub)(LDP(x + j, (int)(n - j)), vs), vc));
+}
+
+#endif /* CE_NEON_BODY */

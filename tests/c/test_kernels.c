@@ -1,0 +1,671 @@
+/* Standalone check of every compiled ISA's row primitives (kernels.h) against the portable
+ * kernels and a double-precision oracle, over every dtype; plus the vector exp's accuracy.
+ *
+ * Links only ce_portable.c and the ISA files (no dispatch, no driver). ISAs the CPU lacks
+ * are skipped. FUSEDCE_TEST_EXHAUSTIVE=1 sweeps every float in the exp range instead of a
+ * sample. Last line: "N passed, M failed"; exit status 1 on any failure.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---- bookkeeping ------------------------------------------------------------------------ */
+
+static long n_passed, n_failed, fails_to_show;
+
+static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(int ok, const char *fmt, ...)
+{
+    if (ok) {
+        n_passed++;
+        return;
+    }
+    if (++n_failed <= fails_to_show) {
+        va_list ap;
+        va_start(ap, fmt);
+        printf("FAIL: ");
+        vprintf(fmt, ap);
+        printf("\n");
+        va_end(ap);
+    }
+}
+
+typedef struct {
+    const char *name;
+    const ce_isa_table *table;
+    int (*supported)(void);
+} isa_entry;
+
+static int always(void) { return 1; }
+#if defined(FUSEDCE_HAVE_AVX2)
+static int has_avx2(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+#endif
+#if defined(FUSEDCE_HAVE_AVX512)
+static int has_avx512(void)
+{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+#endif
+
+static const isa_entry isas[] = {
+    {"portable", &ce_table_portable, always},
+#if defined(FUSEDCE_HAVE_AVX2)
+    {"avx2", &ce_table_avx2, has_avx2},
+#endif
+#if defined(FUSEDCE_HAVE_AVX512)
+    {"avx512", &ce_table_avx512, has_avx512},
+#endif
+#if defined(FUSEDCE_HAVE_NEON)
+    {"neon", &ce_table_neon, always},
+#endif
+};
+#define N_ISAS ((int)(sizeof(isas) / sizeof(isas[0])))
+
+/* ---- dtypes ----------------------------------------------------------------------------- */
+
+static const char *const dtype_name[4] = {"f32", "f64", "f16", "bf16"};
+static const size_t dtype_size[4] = {4, 8, 2, 2};
+
+static double get_elem(int dt, const void *p, int64_t i)
+{
+    switch (dt) {
+    case FUSEDCE_F32: return ((const float *)p)[i];
+    case FUSEDCE_F64: return ((const double *)p)[i];
+    case FUSEDCE_F16: return ce_f16_to_f32(((const uint16_t *)p)[i]);
+    default: return ce_bf16_to_f32(((const uint16_t *)p)[i]);
+    }
+}
+
+static void set_elem(int dt, void *p, int64_t i, double v)
+{
+    switch (dt) {
+    case FUSEDCE_F32: ((float *)p)[i] = (float)v; break;
+    case FUSEDCE_F64: ((double *)p)[i] = v; break;
+    case FUSEDCE_F16: ((uint16_t *)p)[i] = ce_f32_to_f16((float)v); break;
+    default: ((uint16_t *)p)[i] = ce_f32_to_bf16((float)v); break;
+    }
+}
+
+/* Weights are in the compute type. */
+static size_t weight_size(int dt) { return dt == FUSEDCE_F64 ? 8 : 4; }
+
+/* The compute type's epsilon (half an ULP at 1). */
+static double compute_eps(int dt) { return dt == FUSEDCE_F64 ? 0x1p-53 : 0x1p-24; }
+
+/* One ULP of the storage type at |v|, for the half types' single rounding on store. */
+static double storage_ulp(int dt, double v)
+{
+    int e;
+    frexp(fabs(v), &e);
+    if (dt == FUSEDCE_F16) return fmax(ldexp(1.0, e - 11), 0x1p-24);
+    if (dt == FUSEDCE_BF16) return fmax(ldexp(1.0, e - 8), 0x1p-133);
+    return 0.0;
+}
+
+/* The largest finite value of the storage type (beyond it a result may round to inf). */
+static double storage_max(int dt)
+{
+    static const double max[4] = {0x1.fffffep127, 0x1.fffffffffffffp1023, 65504.0, 0x1.fep127};
+    return max[dt];
+}
+
+/* ---- buffers with guard bytes, at an element offset from a 64-byte boundary ------------ */
+
+#define GUARD 64
+typedef struct {
+    unsigned char *base;
+    size_t bytes; /* payload */
+    size_t lead;  /* guard + offset */
+    void *p;
+} buffer;
+
+static buffer buf_new(size_t bytes, size_t offset_bytes)
+{
+    buffer b;
+    b.bytes = bytes;
+    b.lead = GUARD + offset_bytes;
+    b.base = aligned_alloc(64, (b.lead + bytes + GUARD + 63) / 64 * 64);
+    if (!b.base) {
+        printf("out of memory\n");
+        exit(2);
+    }
+    memset(b.base, 0xA5, b.lead + bytes + GUARD);
+    b.p = b.base + b.lead;
+    return b;
+}
+
+static int buf_guards_ok(const buffer *b)
+{
+    for (size_t i = 0; i < b->lead; i++)
+        if (b->base[i] != 0xA5) return 0;
+    for (size_t i = 0; i < GUARD; i++)
+        if (b->base[b->lead + b->bytes + i] != 0xA5) return 0;
+    return 1;
+}
+
+static void buf_free(buffer *b) { free(b->base); }
+
+/* ---- deterministic inputs --------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static double rng_uniform(double lo, double hi)
+{
+    return lo + (hi - lo) * (double)(rng_next() >> 11) * 0x1p-53;
+}
+/* +-[1, 2) * 2^e with e uniform in [lo_exp, hi_exp): dense near 0 */
+static double rng_logspaced(int lo_exp, int hi_exp)
+{
+    const int e = lo_exp + (int)(rng_next() % (uint64_t)(hi_exp - lo_exp));
+    return (rng_next() & 1 ? -1 : 1) * ldexp(rng_uniform(1, 2), e);
+}
+
+enum { SP_NONE, SP_NAN, SP_PINF, SP_NINF, SP_ALL_NINF, SP_ALL_NINF_NAN, SP_COUNT };
+static const char *const special_name[SP_COUNT] = {"none",     "nan",      "+inf",
+                                                   "-inf",     "all -inf", "all -inf + nan"};
+
+/* Logits over a wide range (so exp sees deep negatives), with the special values placed at
+ * random positions. */
+static void fill_logits(int dt, void *x, int64_t n, int special)
+{
+    const double spread = rng_uniform(1.0, 40.0);
+    for (int64_t i = 0; i < n; i++) set_elem(dt, x, i, rng_uniform(-spread, spread));
+    if (n == 0) return;
+    if (special == SP_ALL_NINF || special == SP_ALL_NINF_NAN)
+        for (int64_t i = 0; i < n; i++) set_elem(dt, x, i, -INFINITY);
+    const int64_t at = (int64_t)(rng_next() % (uint64_t)n);
+    if (special == SP_NAN || special == SP_ALL_NINF_NAN) set_elem(dt, x, at, NAN);
+    if (special == SP_PINF) set_elem(dt, x, at, INFINITY);
+    if (special == SP_NINF) {
+        set_elem(dt, x, at, -INFINITY);
+        set_elem(dt, x, (at * 7 + 3) % n, -INFINITY);
+    }
+}
+
+/* Weights in the compute type. */
+static void fill_weights(int dt, void *w, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double v = rng_uniform(0.0, 2.0);
+        if (dt == FUSEDCE_F64) ((double *)w)[i] = v;
+        else ((float *)w)[i] = (float)v;
+    }
+}
+static double get_weight(int dt, const void *w, int64_t i)
+{
+    if (!w) return 1.0;
+    return dt == FUSEDCE_F64 ? ((const double *)w)[i] : ((const float *)w)[i];
+}
+
+/* y as the kernels define it, in double. */
+static double capped(double x, double softcap)
+{
+    return softcap > 0 ? softcap * tanh(x / softcap) : x;
+}
+
+/* ---- stats ------------------------------------------------------------------------------ */
+
+typedef struct {
+    double max, sum, wsum, wabs; /* wabs = sum |w*y|, the scale of wsum's rounding */
+    double ymax_abs;
+} oracle_stats;
+
+/* Compensated (Neumaier) sum in double: the oracle's own rounding stays negligible, also
+ * under valgrind, which computes long double as double. */
+typedef struct {
+    double sum, err;
+} exact_sum;
+static void exact_add(exact_sum *s, double v)
+{
+    const double t = s->sum + v;
+    if (isfinite(t)) s->err += fabs(s->sum) >= fabs(v) ? (s->sum - t) + v : (v - t) + s->sum;
+    s->sum = t;
+}
+
+static oracle_stats stats_oracle(int dt, const void *x, int64_t n, double softcap, const void *w)
+{
+    oracle_stats o = {-INFINITY, 0.0, 0.0, 0.0, 0.0};
+    exact_sum sum = {0, 0}, wsum = {0, 0}, wabs = {0, 0};
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double y = capped(get_elem(dt, x, i), softcap);
+        if (y > o.max) o.max = y;
+        if (y != y || y == INFINITY) bad = 1;
+        if (isfinite(y) && fabs(y) > o.ymax_abs) o.ymax_abs = fabs(y);
+        exact_add(&wsum, get_weight(dt, w, i) * y);
+        exact_add(&wabs, fabs(get_weight(dt, w, i) * y));
+    }
+    if (o.max != -INFINITY && !bad)
+        for (int64_t i = 0; i < n; i++)
+            exact_add(&sum, exp(capped(get_elem(dt, x, i), softcap) - o.max));
+    o.sum = bad ? NAN : sum.sum + sum.err;
+    o.wsum = wsum.sum + wsum.err;
+    o.wabs = wabs.sum + wabs.err;
+    return o;
+}
+
+static int same_special(double a, double b)
+{
+    if (isnan(a) || isnan(b)) return isnan(a) && isnan(b);
+    if (isinf(a) || isinf(b)) return a == b;
+    return 1;
+}
+
+static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double softcap, int weighted,
+                            int want_wsum, size_t offset, int special)
+{
+    const size_t es = dtype_size[dt];
+    buffer xb = buf_new((size_t)n * es, offset * es);
+    buffer wb = buf_new((size_t)n * weight_size(dt), offset * weight_size(dt));
+    fill_logits(dt, xb.p, n, special);
+    fill_weights(dt, wb.p, n);
+    const void *w = weighted ? wb.p : NULL;
+
+    ce_stats got, port;
+    memset(&got, 0, sizeof got);
+    memset(&port, 0, sizeof port);
+    isa->table->k[dt].stats(xb.p, n, softcap, w, want_wsum, &got);
+    ce_table_portable.k[dt].stats(xb.p, n, softcap, w, want_wsum, &port);
+    const oracle_stats o = stats_oracle(dt, xb.p, n, softcap, w);
+    const double eps = compute_eps(dt);
+
+    char what[200];
+    snprintf(what, sizeof what, "%s stats %s n=%lld cap=%g w=%d wsum=%d off=%zu special=%s",
+             isa->name, dtype_name[dt], (long long)n, softcap, weighted, want_wsum, offset,
+             special_name[special]);
+
+    /* Max: exactly portable's when y = x; special values exactly as portable. */
+    if (softcap > 0)
+        check(same_special(got.max, port.max) &&
+                  (!isfinite(port.max) ||
+                   fabs(got.max - port.max) <= 8 * eps * (1 + fabs(port.max))),
+              "%s: max %.17g, portable %.17g", what, got.max, port.max);
+    else
+        check(got.max == port.max, "%s: max %.17g, portable %.17g", what, got.max, port.max);
+    check(same_special(got.sum, port.sum) && same_special(got.sum, o.sum),
+          "%s: sum %.17g, portable %.17g, oracle %.17g", what, got.sum, port.sum, o.sum);
+
+    /* lse against the oracle: y is rounded to the compute type (relative eps), the sum
+     * accumulates a few roundings per block. */
+    if (isfinite(o.sum) && o.max > -INFINITY && isfinite(o.max)) {
+        const double lse = got.max + log(got.sum), lse_o = o.max + log(o.sum);
+        const double tol = 16 * eps * (1 + 2 * o.ymax_abs);
+        check(fabs(lse - lse_o) <= tol, "%s: lse %.17g, oracle %.17g (diff %.3g, tol %.3g)", what,
+              lse, lse_o, lse - lse_o, tol);
+    } else if (o.max == -INFINITY) {
+        check(got.max == -INFINITY && (isnan(o.sum) ? isnan(got.sum) : got.sum == 0.0),
+              "%s: all -inf gives max %g sum %g", what, got.max, got.sum);
+    }
+    if (want_wsum) {
+        if (!isfinite(o.wsum))
+            check(same_special(got.wsum, o.wsum), "%s: wsum %g, oracle %g", what, got.wsum, o.wsum);
+        else
+            /* float partial sums of up to 256 terms (portable's blocks), then double */
+            check(fabs(got.wsum - o.wsum) <=
+                      eps * o.wabs * (16 + (n < 256 ? n : 256) + (softcap > 0 ? 8 : 0)),
+                  "%s: wsum %.17g, oracle %.17g", what, got.wsum, o.wsum);
+    }
+    check(buf_guards_ok(&xb) && buf_guards_ok(&wb), "%s: input buffers changed", what);
+    buf_free(&xb);
+    buf_free(&wb);
+}
+
+/* ---- grad ------------------------------------------------------------------------------- */
+
+static void test_grad_case(const isa_entry *isa, int dt, int64_t n, double softcap, int weighted,
+                           int stream, size_t offset, int special)
+{
+    const size_t es = dtype_size[dt];
+    buffer xb = buf_new((size_t)n * es, offset * es);
+    buffer gb = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es); /* differs from x's */
+    buffer ib = buf_new((size_t)n * es, offset * es);                 /* in place */
+    buffer wb = buf_new((size_t)n * weight_size(dt), offset * weight_size(dt));
+    fill_logits(dt, xb.p, n, special);
+    fill_weights(dt, wb.p, n);
+    const void *w = weighted ? wb.p : NULL;
+
+    /* shift: the row max rounded to the compute type, as the driver passes it */
+    ce_stats st;
+    ce_table_portable.k[dt].stats(xb.p, n, softcap, NULL, 0, &st);
+    double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
+    shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
+    const double a = rng_uniform(0.1, 2.0), b = rng_uniform(-1.0, 1.0);
+
+    isa->table->k[dt].grad(xb.p, n, softcap, w, shift, a, b, stream, gb.p);
+    memcpy(ib.p, xb.p, (size_t)n * es);
+    isa->table->k[dt].grad(ib.p, n, softcap, w, shift, a, b, stream, ib.p);
+
+    char what[200];
+    snprintf(what, sizeof what, "%s grad %s n=%lld cap=%g w=%d stream=%d off=%zu special=%s",
+             isa->name, dtype_name[dt], (long long)n, softcap, weighted, stream, offset,
+             special_name[special]);
+
+    const double eps = compute_eps(dt);
+    int64_t bad = -1;
+    double bad_got = 0, bad_want = 0, bad_tol = 0;
+    for (int64_t j = 0; j < n && bad < 0; j++) {
+        const double x = get_elem(dt, xb.p, j), wj = get_weight(dt, w, j);
+        const double y = capped(x, softcap), th = softcap > 0 ? tanh(x / softcap) : 0.0;
+        const double d = softcap > 0 ? 1 - th * th : 1.0;
+        const double e = exp(y - shift), want = (a * e - b * wj) * d;
+        const double got = get_elem(dt, gb.p, j);
+        /* exp (2 ULP) and its argument's rounding: of y - shift, and of y when capped
+         * (tanh's few ULP); the fused multiply-subtract; 1 - tanh^2; one storage rounding */
+        const double scale = fabs(a * e) + fabs(b * wj);
+        const double rel = eps * (8 + 2 * fabs(y - shift) + (softcap > 0 ? 12 * fabs(y) : 0));
+        const double tol =
+            scale * (rel * fabs(d) + (softcap > 0 ? 16 * eps : 0)) + storage_ulp(dt, want);
+        int ok;
+        if (isnan(want)) ok = isnan(got);
+        else if (isinf(want)) ok = got == want;
+        else ok = fabs(got - want) <= tol ||
+                  (isinf(got) && fabs(want) >= storage_max(dt) && got * want > 0); /* overflow */
+        if (!ok) {
+            bad = j;
+            bad_got = got;
+            bad_want = want;
+            bad_tol = tol;
+        }
+    }
+    check(bad < 0, "%s: g[%lld] = %.17g, oracle %.17g (tol %.3g)", what, (long long)bad, bad_got,
+          bad_want, bad_tol);
+    check(memcmp(ib.p, gb.p, (size_t)n * es) == 0, "%s: in-place result differs", what);
+    check(buf_guards_ok(&gb) && buf_guards_ok(&ib) && buf_guards_ok(&xb),
+          "%s: wrote outside the gradient", what);
+    buf_free(&xb);
+    buf_free(&gb);
+    buf_free(&ib);
+    buf_free(&wb);
+}
+
+/* ---- shift: same float operations as portable, so bit-exact (incl. half rounding) ------- */
+
+static void test_shift_case(const isa_entry *isa, int dt, int64_t n, size_t offset, int special)
+{
+    const size_t es = dtype_size[dt];
+    buffer xb = buf_new((size_t)n * es, offset * es);
+    buffer ob = buf_new((size_t)n * es, ((offset + 3) % 8) * es);
+    buffer pb = buf_new((size_t)n * es, 0);
+    buffer ib = buf_new((size_t)n * es, offset * es);
+    fill_logits(dt, xb.p, n, special);
+    /* magnitudes that exercise rounding, overflow and subnormals of the half types */
+    const double mag = ldexp(1.0, (int)(rng_next() % 40) - 24);
+    double shift = rng_uniform(-mag, mag), c = rng_uniform(-mag, mag) * 1.37;
+    if (dt != FUSEDCE_F64) {
+        shift = (float)shift;
+        c = (float)c;
+    }
+
+    isa->table->k[dt].shift(xb.p, n, shift, c, ob.p);
+    ce_table_portable.k[dt].shift(xb.p, n, shift, c, pb.p);
+    memcpy(ib.p, xb.p, (size_t)n * es);
+    isa->table->k[dt].shift(ib.p, n, shift, c, ib.p);
+
+    int64_t bad = -1;
+    for (int64_t j = 0; j < n && bad < 0; j++) {
+        const double got = get_elem(dt, ob.p, j), want = get_elem(dt, pb.p, j);
+        const int same_bits = memcmp((char *)ob.p + j * es, (char *)pb.p + j * es, es) == 0;
+        /* f32/f64 NaN payloads are the hardware's business; the half types' are ours */
+        if (!(same_bits || (es > 2 && isnan(got) && isnan(want)))) bad = j;
+    }
+    check(bad < 0,
+          "%s shift %s n=%lld off=%zu special=%s shift=%g c=%g: out[%lld] = %.9g, portable %.9g",
+          isa->name, dtype_name[dt], (long long)n, offset, special_name[special], shift, c,
+          (long long)bad, bad >= 0 ? get_elem(dt, ob.p, bad) : 0.0,
+          bad >= 0 ? get_elem(dt, pb.p, bad) : 0.0);
+    check(memcmp(ib.p, ob.p, (size_t)n * es) == 0 && buf_guards_ok(&ob) && buf_guards_ok(&ib),
+          "%s shift %s n=%lld: in-place differs or wrote outside", isa->name, dtype_name[dt],
+          (long long)n);
+    buf_free(&xb);
+    buf_free(&ob);
+    buf_free(&pb);
+    buf_free(&ib);
+}
+
+/* ---- accuracy of the vector exp (and of tanh through the softcap path) ------------------ */
+
+static double ulp_f32(double v)
+{
+    int e;
+    v = fabs(v);
+    if (v < 0x1p-126) return 0x1p-149;
+    frexp(v, &e);
+    return ldexp(1.0, e - 24);
+}
+
+/* long double references are wider than double (x86 80-bit, AArch64 quad) except under
+ * valgrind, which computes them as double: then the references add errors of their own
+ * (1 ULP here; glibc's exp is within that, its tanh within twice that). */
+static double f64_reference_slack(void)
+{
+    volatile long double one = 1.0L, tiny = 0x1p-60L;
+    return one + tiny != one ? 0.0 : 1.0;
+}
+
+static long double ulp_f64(long double v)
+{
+    int e;
+    v = fabsl(v);
+    if (v < 0x1p-1022L) return 0x1p-1074L;
+    frexpl(v, &e);
+    return ldexpl(1.0L, e - 53);
+}
+
+static float f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* exp over floats in [lo, 0) or [0, hi) by bit pattern: log-uniform, every float with
+ * stride 1. Returns the max ULP error; writes the worst x. */
+#define CHUNK 4096
+static double sweep_exp_f32(const ce_isa_table *t, uint32_t from, uint32_t to, uint32_t stride,
+                            float *worst_x)
+{
+    static float xs[CHUNK], ys[CHUNK];
+    double worst = 0.0;
+    uint64_t u = from;
+    while (u < to) {
+        int m = 0;
+        for (; m < CHUNK && u < to; m++, u += stride) xs[m] = f32_from_bits((uint32_t)u);
+        t->vexp_f32(xs, m, ys);
+        for (int i = 0; i < m; i++) {
+            const double ref = exp((double)xs[i]);
+            double err;
+            if (ref > 0x1.fffffep127) err = ys[i] == INFINITY ? 0.0 : INFINITY;
+            else err = fabs((double)ys[i] - ref) / ulp_f32(ref);
+            if (!(err <= worst)) {
+                worst = err;
+                *worst_x = xs[i];
+            }
+        }
+    }
+    return worst;
+}
+
+static double sweep_exp_f64(const ce_isa_table *t, int64_t points, double lo, double hi,
+                            double *worst_x)
+{
+    static double xs[CHUNK], ys[CHUNK];
+    double worst = 0.0;
+    for (int64_t done = 0; done < points;) {
+        int m = 0;
+        for (; m < CHUNK && done < points; m++, done++) {
+            /* half uniform, half log-uniform near 0 in both signs */
+            if (done & 1) xs[m] = rng_uniform(lo, hi);
+            else xs[m] = rng_logspaced(-50, 10);
+        }
+        t->vexp_f64(xs, m, ys);
+        for (int i = 0; i < m; i++) {
+            const long double ref = expl((long double)xs[i]);
+            double err;
+            if (ref > 0x1.fffffffffffffp1023L) err = ys[i] == INFINITY ? 0.0 : INFINITY;
+            else err = (double)(fabsl((long double)ys[i] - ref) / ulp_f64(ref));
+            if (!(err <= worst)) {
+                worst = err;
+                *worst_x = xs[i];
+            }
+        }
+    }
+    return worst;
+}
+
+static void test_exp(const isa_entry *isa, int exhaustive)
+{
+    const ce_isa_table *t = isa->table;
+    float wx_neg = 0, wx_pos = 0;
+    const uint32_t stride = exhaustive ? 1 : 2039;
+    /* x <= 0 down to below the underflow, and 0 <= x up to beyond the overflow */
+    const double neg = sweep_exp_f32(t, 0x80000000u, 0xC2D00001u, stride, &wx_neg); /* to -104 */
+    const double pos = sweep_exp_f32(t, 0x00000000u, 0x42B20001u, stride, &wx_pos); /* to 89 */
+    printf("%-8s exp f32: max %.3f ULP for x <= 0 (at %.9g), %.3f ULP for x >= 0 (at %.9g)%s\n",
+           isa->name, neg, (double)wx_neg, pos, (double)wx_pos, exhaustive ? ", every float" : "");
+    check(neg <= 2.0 && pos <= 2.0, "%s exp f32 max ULP %.3f / %.3f > 2", isa->name, neg, pos);
+
+    double wx64 = 0, wxn = 0;
+    const int64_t pts = exhaustive ? (1 << 24) : (1 << 18);
+    const double e64 = sweep_exp_f64(t, pts, -746.0, 0.0, &wx64);
+    const double e64p = sweep_exp_f64(t, pts / 4, 0.0, 710.0, &wxn);
+    printf("%-8s exp f64: max %.3f ULP for x <= 0 (at %.17g), %.3f ULP for x >= 0 (at %.17g)\n",
+           isa->name, e64, wx64, e64p, wxn);
+    const double limit64 = 2.0 + f64_reference_slack();
+    check(e64 <= limit64 && e64p <= limit64, "%s exp f64 max ULP %.3f / %.3f > %g", isa->name, e64,
+          e64p, limit64);
+
+    /* special values, and every tail length */
+    const float sf[] = {-INFINITY, INFINITY, NAN, -NAN, -1000.0f, 1000.0f, -0.0f, 0.0f,
+                        -103.97f, -103.98f, 88.72283f, 88.72284f};
+    float yf[12];
+    t->vexp_f32(sf, 12, yf);
+    check(yf[0] == 0.0f && !signbit(yf[0]) && yf[1] == INFINITY && isnan(yf[2]) && isnan(yf[3]) &&
+              yf[4] == 0.0f && yf[5] == INFINITY && yf[6] == 1.0f && yf[7] == 1.0f &&
+              yf[9] == 0.0f && yf[11] == INFINITY && yf[10] < INFINITY,
+          "%s exp f32 special values: %g %g %g %g %g %g %g %g %g %g %g %g", isa->name, yf[0], yf[1],
+          yf[2], yf[3], yf[4], yf[5], yf[6], yf[7], yf[8], yf[9], yf[10], yf[11]);
+    const double sd[] = {-INFINITY, INFINITY, NAN, -10000.0, 10000.0, -0.0, -745.2, 709.79};
+    double yd[8];
+    t->vexp_f64(sd, 8, yd);
+    check(yd[0] == 0.0 && !signbit(yd[0]) && yd[1] == INFINITY && isnan(yd[2]) && yd[3] == 0.0 &&
+              yd[4] == INFINITY && yd[5] == 1.0 && yd[6] == 0.0 && yd[7] == INFINITY,
+          "%s exp f64 special values", isa->name);
+    float xf[67], yf_all[67], yf_tail[67];
+    double xd[67], yd_all[67], yd_tail[67];
+    for (int i = 0; i < 67; i++) xd[i] = xf[i] = (float)rng_uniform(-30, 3);
+    t->vexp_f32(xf, 67, yf_all);
+    t->vexp_f64(xd, 67, yd_all);
+    int tails_ok = 1;
+    for (int n = 0; n <= 33; n++) {
+        memset(yf_tail, 0, sizeof yf_tail);
+        memset(yd_tail, 0, sizeof yd_tail);
+        t->vexp_f32(xf + 1, n, yf_tail + 1);
+        t->vexp_f64(xd + 1, n, yd_tail + 1);
+        for (int i = 0; i < 67; i++) {
+            const int in = i >= 1 && i <= n;
+            const int same = in ? yf_tail[i] == yf_all[i] && yd_tail[i] == yd_all[i]
+                                : yf_tail[i] == 0 && yd_tail[i] == 0; /* untouched */
+            if (!same) tails_ok = 0;
+        }
+    }
+    check(tails_ok, "%s vexp tails", isa->name);
+}
+
+/* tanh through stats: with softcap 1 and one element, wsum is tanh(x) in the compute type. */
+static void test_tanh(const isa_entry *isa, int exhaustive)
+{
+    double worst32 = 0, worst64 = 0, wx32 = 0, wx64 = 0;
+    for (int i = 0; i < (exhaustive ? 1 << 24 : 1 << 17); i++) {
+        /* uniform, around the switch from polynomial to exp at 0.55, and log-spaced */
+        const double x = i % 4 == 1 ? rng_uniform(-12, 12)
+                         : i % 4 == 3 ? rng_uniform(-0.7, 0.7)
+                                      : rng_logspaced(-36, 4);
+        const float xf = (float)x;
+        ce_stats s;
+        isa->table->k[FUSEDCE_F32].stats(&xf, 1, 1.0, NULL, 1, &s);
+        const double ref32 = tanh((double)xf), err32 = fabs(s.wsum - ref32) / ulp_f32(ref32);
+        if (err32 > worst32) worst32 = err32, wx32 = xf;
+        isa->table->k[FUSEDCE_F64].stats(&x, 1, 1.0, NULL, 1, &s);
+        const long double ref64 = tanhl((long double)x);
+        const double err64 = (double)(fabsl((long double)s.wsum - ref64) / ulp_f64(ref64));
+        if (err64 > worst64) worst64 = err64, wx64 = x;
+    }
+    printf("%-8s tanh (softcap): max %.3f ULP f32 (at %.9g), %.3f ULP f64 (at %.17g)\n", isa->name,
+           worst32, wx32, worst64, wx64);
+    if (isa->table != &ce_table_portable)
+        /* a double-only tanhl (valgrind) is itself up to 2 ULP off */
+        check(worst32 <= 2.0 && worst64 <= 2.0 + 2 * f64_reference_slack(),
+              "%s tanh max ULP %.3f / %.3f > 2", isa->name, worst32, worst64);
+    float inf_in[2] = {INFINITY, -INFINITY};
+    ce_stats s;
+    isa->table->k[FUSEDCE_F32].stats(inf_in, 2, 3.0, NULL, 1, &s);
+    check(s.max == 3.0 && s.wsum == 0.0, "%s softcap of +-inf: max %g wsum %g", isa->name, s.max,
+          s.wsum);
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
+
+/* Every tail length up to 64, then lengths spanning several vectors and stats blocks. */
+static int64_t length_at(int i)
+{
+    static const int64_t longer[] = {100, 1000, 2048, 2049, 4099, 6200};
+    return i <= 64 ? i : longer[i - 65];
+}
+#define N_LENGTHS (65 + 6)
+
+int main(void)
+{
+    const char *ex = getenv("FUSEDCE_TEST_EXHAUSTIVE");
+    const int exhaustive = ex && *ex && *ex != '0';
+    for (int ii = 0; ii < N_ISAS; ii++) {
+        const isa_entry *isa = &isas[ii];
+        if (!isa->supported()) {
+            printf("%-8s skipped: this CPU lacks it\n", isa->name);
+            continue;
+        }
+        const long failed_before = n_failed;
+        fails_to_show = n_failed + 20; /* the first few of each ISA */
+        test_exp(isa, exhaustive);
+        test_tanh(isa, exhaustive);
+        for (int dt = 0; dt < 4; dt++) {
+            for (int li = 0; li < N_LENGTHS; li++) {
+                const int64_t n = length_at(li);
+                for (int special = 0; special < SP_COUNT; special++)
+                    /* softcap, weight, want_wsum (stats) / stream (grad), unaligned: on or off */
+                    for (int variant = 0; variant < 16; variant++) {
+                        const double softcap = variant & 1 ? rng_uniform(2.0, 30.0) : 0.0;
+                        const int weighted = (variant >> 1) & 1, flag = (variant >> 2) & 1;
+                        const size_t offset = (variant >> 3) ? (size_t)(1 + rng_next() % 7) : 0;
+                        test_stats_case(isa, dt, n, softcap, weighted, flag, offset, special);
+                        test_grad_case(isa, dt, n, softcap, weighted, flag, offset, special);
+                    }
+                for (int special = 0; special < SP_COUNT; special++)
+                    for (size_t offset = 0; offset < 3; offset++)
+                        test_shift_case(isa, dt, n, offset * 3, special);
+            }
+            /* a long row: block merging keeps the float sums accurate */
+            test_stats_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
+            test_grad_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
+        }
+        printf("%-8s %s\n", isa->name, n_failed == failed_before ? "ok" : "FAILED");
+    }
+    printf("%ld passed, %ld failed\n", n_passed, n_failed);
+    return n_failed ? 1 : 0;
+}
