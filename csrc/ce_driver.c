@@ -155,7 +155,8 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
     if (a->target_probs) {
         /* smoothed targets q~ = (1-e) q + e/K:  loss = lse sum w q~ - sum w q~ y + z lse^2 */
         const double wq = (1.0 - e) * st->qsum + (e / K) * J->total_weight;
-        loss = wq * lse - (1.0 - e) * st->qysum + z * lse * lse;
+        loss = wq * lse + z * lse * lse;
+        if (e < 1) loss -= (1.0 - e) * st->qysum; /* e = 1: q takes no part, even where y = -inf */
         if (e > 0) loss -= (e / K) * st->wsum;
         c = wq + 2.0 * z * lse;
         T.bq = scale * (1.0 - e);

@@ -96,9 +96,8 @@ def cross_entropy_backward(logits, target, lse, grad_output=1.0, *, weight=None,
     if is_cuda_array(logits):
         return _cuda().cross_entropy_backward(logits, target, lse, grad_output, **opts, inplace=inplace, out=out)
     call = _checks.check_ce(logits, target, **opts, grad_output=grad_output, inplace=inplace, out=out,
-                            want_grad=True)
-    lse64 = _checks.as_lse(lse, call.batch_shape)
-    _cpu.cross_entropy(call, want_loss=False, lse_in=lse64)
+                            want_grad=True, lse=lse)
+    _cpu.cross_entropy(call, want_loss=False, lse_in=call.lse_in)
     return _grad_result(call)
 
 

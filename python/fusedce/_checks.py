@@ -32,21 +32,34 @@ def check_logits_dtype(arr, name="logits"):
         )
 
 
+def native_order(arr):
+    """arr in the machine's byte order (a copy only when it is not): the kernels read raw bytes."""
+    return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+
+
+def as_array(value, name, what="an array"):
+    """value as an ndarray (itself if it is one); what NumPy cannot convert (a ragged nested
+    list, say) is a TypeError naming the argument rather than NumPy's own message."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}") from exc
+
+
 def as_logits(logits, name="logits"):
-    """The logits as an ndarray of a supported dtype with at least one axis and K >= 1."""
-    if isinstance(logits, np.ndarray):
-        arr = logits
-    else:
-        try:
-            arr = np.asarray(logits)
-        except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name} must be an array of floats, got {type(logits).__name__}") from exc
+    """The logits as an ndarray of a supported dtype with at least one axis and K >= 1
+    (in native byte order: a byte-swapped array is copied)."""
+    arr = as_array(logits, name, "an array of floats")
+    if arr is not logits:
         if arr.dtype.kind in "iu" and arr.dtype != np.bool_:
             # A nested Python list of ints is a natural way to write small logits.
             if not isinstance(logits, (list, tuple)):
                 check_logits_dtype(arr, name)
             arr = arr.astype(np.float64)
     check_logits_dtype(arr, name)
+    arr = native_order(arr)
     if arr.ndim < 1:
         raise ValueError(f"{name} must have at least 1 dimension (..., K), got a 0-d array")
     if arr.shape[-1] == 0:
@@ -71,6 +84,8 @@ def check_options(reduction, label_smoothing, z_loss, softcap, ignore_index):
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
     ignore_index = _as_int(ignore_index, "ignore_index")
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in a 64-bit signed integer, got {ignore_index}")
     label_smoothing = _as_real(label_smoothing, "label_smoothing")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
@@ -88,7 +103,7 @@ def check_options(reduction, label_smoothing, z_loss, softcap, ignore_index):
 
 def as_target(target, batch_shape, num_classes, ignore_index):
     """Integer class indices of shape ``batch_shape``, flattened to int32/int64, range-checked."""
-    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    t = as_array(target, "target")
     if is_float_array(t):
         raise TypeError(
             f"target must be an integer array of class indices of shape {tuple(batch_shape)}, "
@@ -134,23 +149,30 @@ def as_probability_target(t, logits, ignore_index):
 def as_weight(weight, num_classes):
     if weight is None:
         return None
-    w = weight if isinstance(weight, np.ndarray) else np.asarray(weight)
+    w = as_array(weight, "weight")
     if w.dtype.kind not in "iuf" and dtype_name(w.dtype) != "bfloat16":
         raise TypeError(f"weight must be a real array of {num_classes} per-class weights, got dtype {w.dtype}")
     if w.shape != (num_classes,):
         raise ValueError(f"weight must have shape ({num_classes},) (one per class), got {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float64)
-    if not np.isfinite(w).all():
-        bad = int(np.argmax(~np.isfinite(w)))
-        raise ValueError(f"weight must be finite, got weight[{bad}] = {w[bad]}")
+    check_finite(w, "weight")
     return w
+
+
+def check_finite(a, name):
+    """A NaN or infinite weight would make every loss it touches NaN: refuse it, naming where."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        where = np.unravel_index(int(np.argmax(~finite)), a.shape)
+        index = f"[{', '.join(str(int(i)) for i in where)}]" if a.ndim else ""
+        raise ValueError(f"{name} must be finite, got {name}{index} = {a[where]}")
 
 
 def as_grad_output(grad_output, reduction, batch_shape):
     """A float, or with reduction='none' a float64 array of one scale per row."""
     if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, (bool, np.bool_)):
         return float(grad_output)
-    g = grad_output if isinstance(grad_output, np.ndarray) else np.asarray(grad_output)
+    g = as_array(grad_output, "grad_output")
     if g.dtype.kind not in "iuf" and dtype_name(g.dtype) != "bfloat16":
         raise TypeError(f"grad_output must be a real scalar or array, got dtype {g.dtype}")
     if g.ndim == 0:
@@ -199,6 +221,7 @@ class CECall:
     grad_scale: float | np.ndarray | None  # per-row factor on the gradient (None: no gradient)
     grad: np.ndarray | None  # where the gradient goes (B, K), may be x itself (inplace)
     grad_result: np.ndarray | None  # the caller's array to return as the gradient (inplace/out)
+    lse_in: np.ndarray | None = None  # (B,) float64 saved log-sum-exp (backward given lse)
 
     @property
     def soft(self):
@@ -212,6 +235,10 @@ class CECall:
     @property
     def classes(self):
         return self.x.shape[1]
+
+
+#: check_ce's lse when the call is not a backward (None is a bad lse, not a missing one)
+NO_LSE = object()
 
 
 def counted_weight_sum(target, weight, ignore_index):
@@ -236,24 +263,28 @@ def check_ce(
     inplace=False,
     out=None,
     want_grad=False,
+    lse=NO_LSE,
 ):
-    """Check a cross-entropy call; nothing is written here."""
+    """Check a cross-entropy call; nothing is written here. lse: the backward's saved
+    log-sum-exp, checked here (shape, and no overlap with the gradient) into call.lse_in."""
     arr = as_logits(logits)
     reduction, label_smoothing, z_loss, softcap, ignore_index = check_options(
         reduction, label_smoothing, z_loss, softcap, ignore_index
     )
     num_classes = arr.shape[-1]
     batch_shape = arr.shape[:-1]
-    t_arr = target if isinstance(target, np.ndarray) else np.asarray(target)
+    t_arr = as_array(target, "target")
     if is_float_array(t_arr) and t_arr.shape == arr.shape:
         t = as_probability_target(t_arr, arr, ignore_index)
     else:
         t = as_target(t_arr, batch_shape, num_classes, ignore_index)
     w = as_weight(weight, num_classes)
-    grad_scale = None
+    grad_scale = lse64 = None
     if want_grad:
         grad_scale = as_grad_output(grad_output, reduction, batch_shape)
-        check_grad_destination(logits, arr, inplace, out, (t, w))
+        lse64 = None if lse is NO_LSE else as_lse(lse, batch_shape)
+        check_grad_destination(logits, arr, inplace, out,
+                               {"target": t, "weight": w, "grad_output": grad_scale, "lse": lse64})
     x = np.ascontiguousarray(arr).reshape(-1, num_classes)
     denominator = 1.0
     if reduction == "mean":
@@ -279,12 +310,13 @@ def check_ce(
         grad_scale=grad_scale,
         grad=grad,
         grad_result=grad_result,
+        lse_in=lse64,
     )
 
 
-def check_grad_destination(logits, arr, inplace, out, others):
-    """inplace=True / out= for a gradient of arr's shape and dtype; `others` are the call's
-    other input arrays, which out must not overlap."""
+def check_grad_destination(logits, arr, inplace, out, inputs):
+    """inplace=True / out= for a gradient of arr's shape and dtype. `inputs` names the arrays
+    the kernel reads (as it will read them, after conversion) while it writes the gradient."""
     if not isinstance(inplace, (bool, np.bool_)):
         raise TypeError(f"inplace must be True or False, got {inplace!r}")
     if inplace and out is not None:
@@ -292,14 +324,22 @@ def check_grad_destination(logits, arr, inplace, out, others):
     if inplace:
         if not isinstance(logits, np.ndarray):
             raise TypeError(f"inplace=True needs logits to be a NumPy array, got {type(logits).__name__}")
-        check_writable_target(arr, "logits (inplace=True)", arr.shape, arr.dtype)
+        # the caller's array, not arr: a byte-swapped one was copied and cannot be written in place
+        check_writable_target(logits, "logits (inplace=True)", arr.shape, arr.dtype)
+        check_disjoint("logits (inplace=True)", arr, inputs)
     if out is not None:
         check_writable_target(out, "out", arr.shape, arr.dtype)
         same = out.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
         if np.may_share_memory(out, arr) and not (same and arr.flags.c_contiguous):
             raise ValueError("out overlaps logits without being the same array; pass a separate buffer or use inplace=True")
-        if any(o is not None and np.may_share_memory(out, o) for o in others):
-            raise ValueError("out must not overlap target or weight")
+        check_disjoint("out", out, inputs)
+
+
+def check_disjoint(dest_name, dest, inputs):
+    """The gradient must not overwrite an input the kernel still has to read."""
+    for name, value in inputs.items():
+        if isinstance(value, np.ndarray) and np.may_share_memory(dest, value):
+            raise ValueError(f"{dest_name} must not overlap {name}: the gradient would overwrite it while it is read")
 
 
 def grad_destination(arr, x, inplace, out):
@@ -321,7 +361,7 @@ def mean_scaled(grad_scale, reduction, denominator):
 
 def as_lse(lse, batch_shape):
     """The per-row log-sum-exp that cross_entropy_forward returned, as float64 (B,)."""
-    a = lse if isinstance(lse, np.ndarray) else np.asarray(lse)
+    a = as_array(lse, "lse")
     if a.dtype.kind != "f" and dtype_name(a.dtype) != "bfloat16":
         raise TypeError(f"lse must be a floating array, got dtype {a.dtype}")
     if a.shape != tuple(batch_shape):
@@ -359,7 +399,7 @@ class BCECall:
 
 
 def _bce_float_array(value, name):
-    a = value if isinstance(value, np.ndarray) else np.asarray(value)
+    a = as_array(value, name)
     if not is_float_array(a) and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
     return a
@@ -368,19 +408,22 @@ def _bce_float_array(value, name):
 def check_bce(logits, target, *, weight, pos_weight, reduction, grad_output=None, inplace=False, out=None,
               want_grad=False):
     """Check a binary cross-entropy call (torch's binary_cross_entropy_with_logits rules)."""
-    arr = logits if isinstance(logits, np.ndarray) else np.asarray(logits)
+    arr = as_array(logits, "logits", "an array of floats")
     check_logits_dtype(arr)
+    arr = native_order(arr)
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
-    t = target if isinstance(target, np.ndarray) else np.asarray(target)
+    t = as_array(target, "target")
     if not is_float_array(t):
         raise TypeError(f"target must be a floating array of probabilities in [0, 1], got dtype {t.dtype}")
     if t.shape != arr.shape:
         raise ValueError(f"target must have the logits' shape {arr.shape}, got {t.shape}")
     classes = arr.shape[-1] if arr.ndim else 1
+    rows = math.prod(arr.shape[:-1])  # explicit: reshape(-1, 0) cannot infer the rows when classes = 0
     w = None
     if weight is not None:
         wa = _bce_float_array(weight, "weight")
+        check_finite(wa, "weight")
         try:
             np.broadcast_shapes(wa.shape, arr.shape)
         except ValueError:
@@ -390,26 +433,28 @@ def check_bce(logits, target, *, weight, pos_weight, reduction, grad_output=None
         if wa.ndim <= 1:  # per class (or one value): kept as a (C,) vector
             w = np.ascontiguousarray(np.broadcast_to(wa.astype(np.float64), (classes,)))
         else:  # anything else is materialised to the logits' shape
-            w = np.ascontiguousarray(np.broadcast_to(wa.astype(np.float64), arr.shape)).reshape(-1, classes)
+            w = np.ascontiguousarray(np.broadcast_to(wa.astype(np.float64), arr.shape)).reshape(rows, classes)
     pw = None
     if pos_weight is not None:
         pa = _bce_float_array(pos_weight, "pos_weight")
+        check_finite(pa, "pos_weight")
         if pa.ndim > 1 or (pa.ndim == 1 and pa.shape[0] not in (1, classes)):
             raise ValueError(
                 f"pos_weight must have shape ({classes},) (one per class, the last axis), got {pa.shape}"
             )
         pw = np.ascontiguousarray(np.broadcast_to(pa.astype(np.float64), (classes,)))
-    x = np.ascontiguousarray(arr).reshape(-1, classes)
+    x = np.ascontiguousarray(arr).reshape(rows, classes)
+    t = np.ascontiguousarray(t, dtype=arr.dtype).reshape(rows, classes)
     grad_scale = grad = grad_result = None
     if want_grad:
-        grad_scale = _bce_grad_output(grad_output, reduction, arr.shape)
-        check_grad_destination(logits, arr, inplace, out, (t,))
+        grad_scale = _bce_grad_output(grad_output, reduction, arr.shape, rows)
+        check_grad_destination(logits, arr, inplace, out, {"target": t, "grad_output": grad_scale})
         grad_scale = mean_scaled(grad_scale, reduction, float(arr.size))
         grad, grad_result = grad_destination(arr, x, inplace, out)
     return BCECall(
         logits=arr,
         x=x,
-        target=np.ascontiguousarray(t, dtype=arr.dtype).reshape(-1, classes),
+        target=t,
         weight=w,
         pos_weight=pw,
         reduction=reduction,
@@ -419,7 +464,7 @@ def check_bce(logits, target, *, weight, pos_weight, reduction, grad_output=None
     )
 
 
-def _bce_grad_output(grad_output, reduction, shape):
+def _bce_grad_output(grad_output, reduction, shape, rows):
     """A float, or with reduction='none' one factor per element as float64 (rows, C)."""
     if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, (bool, np.bool_)):
         return float(grad_output)
@@ -430,7 +475,7 @@ def _bce_grad_output(grad_output, reduction, shape):
         raise ValueError(f"grad_output must be a scalar with reduction={reduction!r}, got shape {g.shape}")
     if g.shape != tuple(shape):
         raise ValueError(f"grad_output must be a scalar or have the logits' shape {tuple(shape)}, got {g.shape}")
-    return np.ascontiguousarray(g, dtype=np.float64).reshape(-1, shape[-1] if len(shape) else 1)
+    return np.ascontiguousarray(g, dtype=np.float64).reshape(rows, shape[-1] if len(shape) else 1)
 
 
 def reduce_bce(call: BCECall, total: float, element_loss):

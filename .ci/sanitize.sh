@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Memory-safety stage: the C test drivers built from csrc/ with AddressSanitizer and
+# UndefinedBehaviorSanitizer (OpenMP on), or with --valgrind, without sanitizers or OpenMP and
+# run under valgrind (a smaller problem; .ci/valgrind.sh is that).
+#
+#   tests/c/test_api.c      the public C API on every ISA, with all of csrc/ (the library)
+#   tests/c/test_kernels.c  the per-ISA row primitives, built by tests/c/build.sh (ce_portable.c
+#                           and the ISA files only), when that driver is there
+#
+# Each ISA file gets its own flags only, as CMakeLists.txt does. Exit status: non-zero on any
+# build failure, sanitizer report, valgrind error or leak, or failed check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=asan
+if [ "${1:-}" = "--valgrind" ]; then mode=valgrind; fi
+
+CC=${CC:-gcc}
+
+install_quietly() { # install_quietly <command> <Debian package>
+    command -v "$1" >/dev/null 2>&1 && return 0
+    echo "+ installing $2"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "$2" >/dev/null
+}
+install_quietly "$CC" gcc
+if [ "$mode" = valgrind ]; then install_quietly valgrind valgrind; fi
+
+if [ "$mode" = asan ]; then
+    cflags="-std=c11 -g -O1 -fno-math-errno -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=all"
+    ldflags="-fsanitize=address,undefined -fopenmp"
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    run=()
+    api_args=()
+else
+    # valgrind and libgomp's threads are noisy together: no OpenMP here (the pragmas are
+    # then plain loops); valgrind's CPU has no AVX-512, so those kernels are skipped.
+    cflags="-std=c11 -g -O1 -fno-math-errno -Wno-unknown-pragmas -Wno-unused-variable"
+    ldflags=""
+    run=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible)
+    api_args=(--small)
+fi
+
+# The ISA files of this target that exist (another file may be missing while it is written).
+case $($CC -dumpmachine) in
+x86_64* | amd64*) candidates="avx2 avx512" ;;
+aarch64* | arm64*) candidates="neon" ;;
+*) candidates="" ;;
+esac
+isas=""
+for isa in $candidates; do
+    if [ -f "csrc/ce_$isa.c" ]; then isas="$isas $isa"; else echo "note: csrc/ce_$isa.c missing, $isa not built"; fi
+done
+isas=${isas# }
+
+isa_flags() {
+    case $1 in
+    avx2) echo "-mavx2 -mfma -mf16c" ;;
+    avx512) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c" ;;
+    *) echo "" ;;
+    esac
+}
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+defines=""
+for isa in $isas; do defines="$defines -DFUSEDCE_HAVE_$(echo "$isa" | tr a-z A-Z)"; done
+common="$cflags -Wall -Icsrc -Icsrc/include $defines"
+
+# The library: every csrc/*.c, ISA files with their flags; other targets' ISA files left out.
+objects=()
+for src in csrc/*.c; do
+    name=$(basename "$src" .c)
+    flags=""
+    case $name in
+    ce_avx2 | ce_avx512 | ce_neon)
+        case " $isas " in *" ${name#ce_} "*) flags=$(isa_flags "${name#ce_}") ;; *) continue ;; esac
+        ;;
+    esac
+    # shellcheck disable=SC2086 # flag lists are meant to split
+    $CC $common $flags -c "$src" -o "$out/$name.o"
+    objects+=("$out/$name.o")
+done
+# shellcheck disable=SC2086
+$CC $common tests/c/test_api.c "${objects[@]}" -o "$out/test_api" $ldflags -lm -lpthread
+
+status=0
+echo "+ test_api ${api_args[*]} ($mode)"
+"${run[@]}" "$out/test_api" "${api_args[@]}" | tail -n 40 || status=1
+
+if [ -f tests/c/build.sh ]; then
+    CC=$CC CFLAGS="$cflags" LDFLAGS="$ldflags" ISAS="$isas" sh tests/c/build.sh "$out/test_kernels"
+elif [ -f tests/c/test_kernels.c ]; then
+    kernel_objects=()
+    for isa in portable $isas; do
+        # shellcheck disable=SC2086
+        $CC $common $(isa_flags "$isa") -c "csrc/ce_$isa.c" -o "$out/k_$isa.o"
+        kernel_objects+=("$out/k_$isa.o")
+    done
+    # shellcheck disable=SC2086
+    $CC $common tests/c/test_kernels.c "${kernel_objects[@]}" -o "$out/test_kernels" $ldflags -lm
+fi
+if [ -x "$out/test_kernels" ]; then
+    echo "+ test_kernels ($mode)"
+    "${run[@]}" "$out/test_kernels" | tail -n 40 || status=1
+fi
+
+if [ "$status" -ne 0 ]; then echo "sanitize ($mode): FAILED"; else echo "sanitize ($mode): ok"; fi
+exit "$status"
