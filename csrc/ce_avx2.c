@@ -157,6 +157,7 @@ CE_ALWAYS_INLINE double hmax_f64x4(__m256d v)
 #define VOP(op) _mm256_##op##_ps
 #define VEXP ce_exp_f32x8
 #define VTANH ce_tanh_f32x8
+#define VLOG1P ce_log1p01_f32x8
 #define VLANES lanes_f32x8
 #define VHMAX hmax_f32x8
 #define VHSUM hsum_f32x8
@@ -181,6 +182,7 @@ CE_ALWAYS_INLINE double hmax_f64x4(__m256d v)
 #undef VOP
 #undef VEXP
 #undef VTANH
+#undef VLOG1P
 #undef VLANES
 #undef VHMAX
 #undef VHSUM
@@ -194,6 +196,7 @@ CE_ALWAYS_INLINE double hmax_f64x4(__m256d v)
 #define VOP(op) _mm256_##op##_pd
 #define VEXP ce_exp_f64x4
 #define VTANH ce_tanh_f64x4
+#define VLOG1P ce_log1p01_f64x4
 #define VLANES lanes_f64x4
 #define VHMAX hmax_f64x4
 #define VHSUM hsum_f64x4
@@ -217,18 +220,21 @@ static void vexp_f64_avx2(const double *x, int64_t n, double *y)
     if (i < n) stp_f64(y + i, (int)(n - i), ce_exp_f64x4(ldp_f64(x + i, (int)(n - i))));
 }
 
-/* stats_soft, grad_soft and bce stay NULL: the driver uses the portable ones. */
+#define CE_KERNELS(suf)                                                                     \
+    {ce_stats_##suf##_avx2, ce_grad_##suf##_avx2, ce_shift_##suf##_avx2,                     \
+     ce_stats_soft_##suf##_avx2, ce_grad_soft_##suf##_avx2, bce_##suf##_avx2}
 const ce_isa_table ce_table_avx2 = {
     FUSEDCE_ISA_AVX2,
     {
-        [FUSEDCE_F32] = {ce_stats_f32_avx2, ce_grad_f32_avx2, ce_shift_f32_avx2},
-        [FUSEDCE_F64] = {ce_stats_f64_avx2, ce_grad_f64_avx2, ce_shift_f64_avx2},
-        [FUSEDCE_F16] = {ce_stats_f16_avx2, ce_grad_f16_avx2, ce_shift_f16_avx2},
-        [FUSEDCE_BF16] = {ce_stats_bf16_avx2, ce_grad_bf16_avx2, ce_shift_bf16_avx2},
+        [FUSEDCE_F32] = CE_KERNELS(f32),
+        [FUSEDCE_F64] = CE_KERNELS(f64),
+        [FUSEDCE_F16] = CE_KERNELS(f16),
+        [FUSEDCE_BF16] = CE_KERNELS(bf16),
     },
     vexp_f32_avx2,
     vexp_f64_avx2,
 };
+#undef CE_KERNELS
 
 #else /* CE_AVX2_BODY: the primitives for one dtype */
 
@@ -350,38 +356,43 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const voi
 }
 
 typedef struct {
-    VT cap, inv_cap, shift, a, b;
+    VT cap, inv_cap, shift, a, b, bq, b0; /* b for hard targets, bq and b0 for soft (q) */
 } CE_FN(grad_consts);
 
-/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w). */
-CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, const CE_FN(grad_consts) *c, const int capped,
-                                    const int weighted)
+/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w), or with soft targets
+ * (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh^2). */
+CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, VT q, const CE_FN(grad_consts) *c,
+                                    const int capped, const int weighted, const int soft)
 {
     VT y = x, th = x;
     if (capped) {
         th = VTANH(VOP(mul)(x, c->inv_cap));
         y = VOP(mul)(c->cap, th);
     }
-    const VT bw = weighted ? VOP(mul)(c->b, w) : c->b;
+    const VT b = soft ? VOP(fmadd)(c->bq, q, c->b0) : c->b;
+    const VT bw = weighted ? VOP(mul)(b, w) : b;
     const VT v = VOP(fmsub)(c->a, VEXP(VOP(sub)(y, c->shift)), bw);
     return capped ? VOP(mul)(v, VOP(fnmadd)(th, th, VOP(set1)((CT)1))) : v;
 }
 
-/* The first m < VN elements of x (and w) to g. */
-CE_ALWAYS_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, T *g, int m,
+/* The first m < VN elements of x (and w, q) to g. */
+CE_ALWAYS_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, const T *q, T *g, int m,
                                            const CE_FN(grad_consts) *c, const int capped,
-                                           const int weighted)
+                                           const int weighted, const int soft)
 {
     const VT wv = weighted ? LDCP(w, m) : c->b;
-    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, c, capped, weighted));
+    const VT qv = soft ? LDP(q, m) : c->b;
+    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, qv, c, capped, weighted, soft));
 }
 
-/* w + j only when there are weights (no arithmetic on NULL); w_j, or b's lanes unused */
+/* w + j, q + j only when they exist (no arithmetic on NULL); w_j, q_j, or b's lanes unused */
 #define CE_W(j) (weighted ? w + (j) : w)
+#define CE_Q(j) (soft ? q + (j) : q)
 #define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
-CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
+#define CE_QV(j) (soft ? LD(q + (j)) : c->b)
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const CT *w, T *g,
                                         const CE_FN(grad_consts) *c, const int capped,
-                                        const int weighted, const int stream)
+                                        const int weighted, const int soft, const int stream)
 {
     int64_t j = 0;
     if (stream) {
@@ -389,45 +400,203 @@ CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
         int64_t head = (int64_t)((64 - ((uintptr_t)g & 63)) & 63) / (int64_t)sizeof(T);
         if (head > n) head = n;
         for (; j + VN <= head; j += VN)
-            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
         if (j < head) {
-            CE_FN(grad_partial)(x + j, CE_W(j), g + j, (int)(head - j), c, capped, weighted);
+            CE_FN(grad_partial)(x + j, CE_W(j), CE_Q(j), g + j, (int)(head - j), c, capped,
+                                weighted, soft);
             j = head;
         }
         for (; j + VN <= n; j += VN)
-            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
     } else {
         for (; j + VN <= n; j += VN)
-            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
     }
-    if (j < n) CE_FN(grad_partial)(x + j, CE_W(j), g + j, (int)(n - j), c, capped, weighted);
+    if (j < n)
+        CE_FN(grad_partial)(x + j, CE_W(j), CE_Q(j), g + j, (int)(n - j), c, capped, weighted,
+                            soft);
     if (stream) _mm_sfence();
 }
+#undef CE_QV
 #undef CE_WV
+#undef CE_Q
 #undef CE_W
 
-static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
-                           double shift, double a, double b, int stream, void *gv)
+/* The hard- and soft-target gradients: specialised on weights and streaming when uncapped
+ * (the hot path), runtime flags under the softcap's tanh. */
+CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, double softcap,
+                                       const CT *w, double shift, double a, double b, double bq,
+                                       double b0, int stream, T *g, const int soft)
 {
-    const T *x = (const T *)xv;
-    const CT *w = (const CT *)wv;
-    T *g = (T *)gv;
     const CE_FN(grad_consts) c = {
         VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
-        VOP(set1)((CT)shift), VOP(set1)((CT)a), VOP(set1)((CT)b),
+        VOP(set1)((CT)shift),   VOP(set1)((CT)a),
+        VOP(set1)((CT)b),       VOP(set1)((CT)bq),
+        VOP(set1)((CT)b0),
     };
     /* Streaming needs element-aligned g to reach a 64-byte boundary. */
     stream = stream && ((uintptr_t)g % sizeof(T)) == 0;
     const int weighted = w != NULL;
     if (softcap > 0) {
-        CE_FN(grad_impl)(x, n, w, g, &c, 1, weighted, stream); /* not the hot path */
+        CE_FN(grad_impl)(x, q, n, w, g, &c, 1, weighted, soft, stream); /* not the hot path */
     } else if (stream) {
-        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 1);
-        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 1);
+        if (weighted) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft, 1);
+        else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft, 1);
     } else {
-        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 0);
-        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 0);
+        if (weighted) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft, 0);
+        else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft, 0);
     }
+}
+
+static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
+                           double shift, double a, double b, int stream, void *gv)
+{
+    CE_FN(grad_any)((const T *)xv, NULL, n, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
+                    stream, (T *)gv, 0);
+}
+
+static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                const void *wv, double shift, double a, double bq, double b0,
+                                int stream, void *gv)
+{
+    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv, shift, a, 0.0, bq,
+                    b0, stream, (T *)gv, 1);
+}
+
+/* Soft targets' q sums over the first m <= VN elements: wq = w*q into vq, wq*y into vqy
+ * where wq != 0 (a zero q takes no part, even against y = -inf; a NaN wq does). */
+CE_ALWAYS_INLINE void CE_FN(qsums_vec)(const T *x, const T *q, const CT *w, int m, VT cap,
+                                        VT inv_cap, VT *vq, VT *vqy, const int capped,
+                                        const int weighted)
+{
+    /* partial loads give q = 0 past m, so those lanes add nothing */
+    VT y = m == VN ? LD(x) : LDP(x, m), wq = m == VN ? LD(q) : LDP(q, m);
+    if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+    if (weighted) wq = VOP(mul)(m == VN ? LDC(w) : LDCP(w, m), wq);
+    *vq = VOP(add)(*vq, wq);
+    const VT take = VOP(cmp)(wq, VOP(setzero)(), _CMP_NEQ_UQ);
+    *vqy = VOP(blendv)(*vqy, VOP(fmadd)(wq, y, *vqy), take);
+}
+
+/* sum w*q and sum w*q*y: a second pass like the portable one (the segment is in L1/L2 after
+ * the stats pass), blocks of CT sums merged in double. */
+CE_ALWAYS_INLINE void CE_FN(qsums_impl)(const T *x, const T *q, int64_t n, double softcap,
+                                         const CT *w, ce_stats *out, const int capped,
+                                         const int weighted)
+{
+    const VT cap = VOP(set1)((CT)softcap);
+    const VT inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
+    double qs = 0.0, qys = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        VT vq0 = VOP(setzero)(), vq1 = vq0, vqy0 = vq0, vqy1 = vq0;
+        int64_t j = i0;
+#define CE_WQ(j) (weighted ? w + (j) : w)
+        for (; j + 2 * VN <= i1; j += 2 * VN) { /* two chains hide the add latency */
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), VN, cap, inv_cap, &vq0, &vqy0, capped,
+                             weighted);
+            CE_FN(qsums_vec)(x + j + VN, q + j + VN, CE_WQ(j + VN), VN, cap, inv_cap, &vq1,
+                             &vqy1, capped, weighted);
+        }
+        for (; j + VN <= i1; j += VN)
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), VN, cap, inv_cap, &vq0, &vqy0, capped,
+                             weighted);
+        if (j < i1)
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), (int)(i1 - j), cap, inv_cap, &vq0, &vqy0,
+                             capped, weighted);
+#undef CE_WQ
+        qs += VHSUM(VOP(add)(vq0, vq1));
+        qys += VHSUM(VOP(add)(vqy0, vqy1));
+    }
+    out->qsum = qs;
+    out->qysum = qys;
+}
+
+static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                 const void *wv, int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv, *q = (const T *)qv;
+    const CT *w = (const CT *)wv;
+    CE_FN(ce_stats)(xv, n, softcap, wv, want_wsum, out);
+    if (softcap > 0) {
+        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 1);
+        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 0);
+    } else {
+        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 1);
+        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 0);
+    }
+}
+
+/* BCE over the first m <= VN elements (see kernels.h): adds l to *acc, stores l and g where
+ * wanted. softplus(+-x) = max(+-x, 0) + log1p(e) and sigmoid from the one e = exp(-|x|),
+ * which never overflows; max() returns its second operand (0) for a NaN x, as the
+ * portable comparisons do, and the NaN comes through e. */
+CE_ALWAYS_INLINE void CE_FN(bce_vec)(const T *x, const T *t, const CT *w, const CT *pw,
+                                      const CT *go, VT scale, T *l, T *g, int m, VT *acc,
+                                      const int want_l, const int want_g)
+{
+    const VT one = VOP(set1)((CT)1), zero = VOP(setzero)();
+    const VT xv = m == VN ? LD(x) : LDP(x, m), tv = m == VN ? LD(t) : LDP(t, m);
+    const VT e = VEXP(VOP(sub)(zero, VOP(andnot)(VOP(set1)((CT)-0.0), xv))), lp = VLOG1P(e);
+    const VT sp_pos = VOP(add)(VOP(max)(xv, zero), lp);
+    const VT sp_neg = VOP(add)(VOP(max)(VOP(sub)(zero, xv), zero), lp);
+    const VT pwv = pw ? (m == VN ? LDC(pw) : LDCP(pw, m)) : one;
+    const VT pt = pw ? VOP(mul)(pwv, tv) : tv;
+    /* two non-negative terms for t in [0, 1]: no cancellation */
+    VT lv = VOP(fmadd)(VOP(sub)(one, tv), sp_pos, VOP(mul)(pt, sp_neg));
+    const VT wv = w ? (m == VN ? LDC(w) : LDCP(w, m)) : one;
+    if (w) lv = VOP(mul)(wv, lv);
+    *acc = VOP(add)(*acc, m == VN ? lv : VOP(and)(VLANES(m), lv));
+    if (want_l) {
+        if (m == VN) ST(l, lv);
+        else STP(l, m, lv);
+    }
+    if (want_g) {
+        const VT L = pw ? VOP(fmadd)(VOP(sub)(pwv, one), tv, one) : one;
+        const VT nonneg = VOP(cmp)(xv, zero, _CMP_GE_OQ);
+        const VT sig = VOP(div)(VOP(blendv)(e, one, nonneg), VOP(add)(one, e));
+        VT s = go ? (m == VN ? LDC(go) : LDCP(go, m)) : scale;
+        if (w) s = VOP(mul)(s, wv);
+        const VT gv = VOP(mul)(s, VOP(fmsub)(L, sig, pt));
+        if (m == VN) ST(g, gv);
+        else STP(g, m, gv);
+    }
+}
+
+CE_ALWAYS_INLINE double CE_FN(bce_impl)(const T *x, const T *t, int64_t n, const CT *w,
+                                         const CT *pw, const CT *go, double scale, T *l, T *g,
+                                         const int want_l, const int want_g)
+{
+    const VT vscale = VOP(set1)((CT)scale);
+    double total = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        VT acc = VOP(setzero)();
+        int64_t j = i0;
+/* m elements at j; no arithmetic on NULL pointers */
+#define CE_BCE_AT(j, m)                                                                         \
+    CE_FN(bce_vec)(x + (j), t + (j), w ? w + (j) : w, pw ? pw + (j) : pw, go ? go + (j) : go,   \
+                   vscale, want_l ? l + (j) : l, want_g ? g + (j) : g, m, &acc, want_l, want_g)
+        for (; j + VN <= i1; j += VN) CE_BCE_AT(j, VN);
+        if (j < i1) CE_BCE_AT(j, (int)(i1 - j));
+#undef CE_BCE_AT
+        total += VHSUM(acc);
+    }
+    return total;
+}
+
+static double CE_FN(bce)(const void *xv, const void *tv, int64_t n, const void *wv,
+                         const void *pwv, const void *gov, double scale, void *lossv, void *gv)
+{
+    const T *x = (const T *)xv, *t = (const T *)tv;
+    const CT *w = (const CT *)wv, *pw = (const CT *)pwv, *go = (const CT *)gov;
+    T *l = (T *)lossv, *g = (T *)gv;
+    if (g) {
+        if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 1);
+        return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 1);
+    }
+    if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 0);
+    return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 0);
 }
 
 static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)

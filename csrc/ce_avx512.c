@@ -136,6 +136,7 @@ CE_ALWAYS_INLINE double sum_to_double_f32x16(__m512 v)
 #define VCMP_MASK _mm512_cmp_ps_mask
 #define VEXP ce_exp_f32x16
 #define VTANH ce_tanh_f32x16
+#define VLOG1P ce_log1p01_f32x16
 #define LDC ld_f32   /* weights and the block buffer are in the compute type */
 #define LDCM ldm_f32
 #define SUM_TO_DOUBLE sum_to_double_f32x16
@@ -160,6 +161,7 @@ CE_ALWAYS_INLINE double sum_to_double_f32x16(__m512 v)
 #undef VCMP_MASK
 #undef VEXP
 #undef VTANH
+#undef VLOG1P
 #undef LDC
 #undef LDCM
 #undef SUM_TO_DOUBLE
@@ -173,6 +175,7 @@ CE_ALWAYS_INLINE double sum_to_double_f32x16(__m512 v)
 #define VCMP_MASK _mm512_cmp_pd_mask
 #define VEXP ce_exp_f64x8
 #define VTANH ce_tanh_f64x8
+#define VLOG1P ce_log1p01_f64x8
 #define LDC ld_f64
 #define LDCM ldm_f64
 #define SUM_TO_DOUBLE _mm512_reduce_add_pd
@@ -196,18 +199,21 @@ static void vexp_f64_avx512(const double *x, int64_t n, double *y)
     _mm512_mask_storeu_pd(y + i, k, ce_exp_f64x8(_mm512_maskz_loadu_pd(k, x + i)));
 }
 
-/* stats_soft, grad_soft and bce stay NULL: the driver uses the portable ones. */
+#define CE_KERNELS(suf)                                                                     \
+    {ce_stats_##suf##_avx512, ce_grad_##suf##_avx512, ce_shift_##suf##_avx512,               \
+     ce_stats_soft_##suf##_avx512, ce_grad_soft_##suf##_avx512, bce_##suf##_avx512}
 const ce_isa_table ce_table_avx512 = {
     FUSEDCE_ISA_AVX512,
     {
-        [FUSEDCE_F32] = {ce_stats_f32_avx512, ce_grad_f32_avx512, ce_shift_f32_avx512},
-        [FUSEDCE_F64] = {ce_stats_f64_avx512, ce_grad_f64_avx512, ce_shift_f64_avx512},
-        [FUSEDCE_F16] = {ce_stats_f16_avx512, ce_grad_f16_avx512, ce_shift_f16_avx512},
-        [FUSEDCE_BF16] = {ce_stats_bf16_avx512, ce_grad_bf16_avx512, ce_shift_bf16_avx512},
+        [FUSEDCE_F32] = CE_KERNELS(f32),
+        [FUSEDCE_F64] = CE_KERNELS(f64),
+        [FUSEDCE_F16] = CE_KERNELS(f16),
+        [FUSEDCE_BF16] = CE_KERNELS(bf16),
     },
     vexp_f32_avx512,
     vexp_f64_avx512,
 };
+#undef CE_KERNELS
 
 #else /* CE_AVX512_BODY: the primitives for one dtype */
 
@@ -332,38 +338,43 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const voi
 }
 
 typedef struct {
-    VT cap, inv_cap, shift, a, b;
+    VT cap, inv_cap, shift, a, b, bq, b0; /* b for hard targets, bq and b0 for soft (q) */
 } CE_FN(grad_consts);
 
-/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w). */
-CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, const CE_FN(grad_consts) *c, const int capped,
-                                    const int weighted)
+/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w), or with soft targets
+ * (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh^2). */
+CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, VT q, const CE_FN(grad_consts) *c,
+                                    const int capped, const int weighted, const int soft)
 {
     VT y = x, th = x;
     if (capped) {
         th = VTANH(VOP(mul)(x, c->inv_cap));
         y = VOP(mul)(c->cap, th);
     }
-    const VT bw = weighted ? VOP(mul)(c->b, w) : c->b;
+    const VT b = soft ? VOP(fmadd)(c->bq, q, c->b0) : c->b;
+    const VT bw = weighted ? VOP(mul)(b, w) : b;
     const VT v = VOP(fmsub)(c->a, VEXP(VOP(sub)(y, c->shift)), bw);
     return capped ? VOP(mul)(v, VOP(fnmadd)(th, th, VOP(set1)((CT)1))) : v;
 }
 
-/* Masked: lanes k of x[0..VN), w[0..VN) to g. */
-CE_ALWAYS_INLINE void CE_FN(grad_masked)(const T *x, const CT *w, T *g, MT k,
+/* Masked: lanes k of x[0..VN), w[0..VN), q[0..VN) to g. */
+CE_ALWAYS_INLINE void CE_FN(grad_masked)(const T *x, const CT *w, const T *q, T *g, MT k,
                                           const CE_FN(grad_consts) *c, const int capped,
-                                          const int weighted)
+                                          const int weighted, const int soft)
 {
     const VT wv = weighted ? LDCM(w, k) : c->b;
-    STM(g, k, CE_FN(grad_vec)(LDM(x, k), wv, c, capped, weighted));
+    const VT qv = soft ? LDM(q, k) : c->b;
+    STM(g, k, CE_FN(grad_vec)(LDM(x, k), wv, qv, c, capped, weighted, soft));
 }
 
-/* w + j only when there are weights (no arithmetic on NULL); w_j, or b's lanes unused */
+/* w + j, q + j only when they exist (no arithmetic on NULL); w_j, q_j, or b's lanes unused */
 #define CE_W(j) (weighted ? w + (j) : w)
+#define CE_Q(j) (soft ? q + (j) : q)
 #define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
-CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
+#define CE_QV(j) (soft ? LD(q + (j)) : c->b)
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const CT *w, T *g,
                                         const CE_FN(grad_consts) *c, const int capped,
-                                        const int weighted, const int stream)
+                                        const int weighted, const int soft, const int stream)
 {
     int64_t j = 0;
     if (stream) {
@@ -372,43 +383,204 @@ CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
         if (head > n) head = n;
         while (j < head) {
             const int m = head - j < VN ? (int)(head - j) : VN;
-            CE_FN(grad_masked)(x + j, CE_W(j), g + j, CE_LANES(m), c, capped, weighted);
+            CE_FN(grad_masked)(x + j, CE_W(j), CE_Q(j), g + j, CE_LANES(m), c, capped, weighted,
+                               soft);
             j += m;
         }
         for (; j + VN <= n; j += VN)
-            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
     } else {
         for (; j + VN <= n; j += VN)
-            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), c, capped, weighted));
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
     }
-    if (j < n) CE_FN(grad_masked)(x + j, CE_W(j), g + j, CE_LANES(n - j), c, capped, weighted);
+    if (j < n)
+        CE_FN(grad_masked)(x + j, CE_W(j), CE_Q(j), g + j, CE_LANES(n - j), c, capped, weighted,
+                           soft);
     if (stream) _mm_sfence();
 }
+#undef CE_QV
 #undef CE_WV
+#undef CE_Q
 #undef CE_W
 
-static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
-                           double shift, double a, double b, int stream, void *gv)
+/* The hard- and soft-target gradients: specialised on weights and streaming when uncapped
+ * (the hot path), runtime flags under the softcap's tanh. */
+CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, double softcap,
+                                       const CT *w, double shift, double a, double b, double bq,
+                                       double b0, int stream, T *g, const int soft)
 {
-    const T *x = (const T *)xv;
-    const CT *w = (const CT *)wv;
-    T *g = (T *)gv;
     const CE_FN(grad_consts) c = {
         VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
-        VOP(set1)((CT)shift), VOP(set1)((CT)a), VOP(set1)((CT)b),
+        VOP(set1)((CT)shift),   VOP(set1)((CT)a),
+        VOP(set1)((CT)b),       VOP(set1)((CT)bq),
+        VOP(set1)((CT)b0),
     };
     /* Streaming needs element-aligned g to reach a 64-byte boundary. */
     stream = stream && ((uintptr_t)g % sizeof(T)) == 0;
     const int weighted = w != NULL;
     if (softcap > 0) {
-        CE_FN(grad_impl)(x, n, w, g, &c, 1, weighted, stream); /* not the hot path */
+        CE_FN(grad_impl)(x, q, n, w, g, &c, 1, weighted, soft, stream); /* not the hot path */
     } else if (stream) {
-        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 1);
-        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 1);
+        if (weighted) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft, 1);
+        else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft, 1);
     } else {
-        if (weighted) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1, 0);
-        else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0, 0);
+        if (weighted) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft, 0);
+        else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft, 0);
     }
+}
+
+static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
+                           double shift, double a, double b, int stream, void *gv)
+{
+    CE_FN(grad_any)((const T *)xv, NULL, n, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
+                    stream, (T *)gv, 0);
+}
+
+static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                const void *wv, double shift, double a, double bq, double b0,
+                                int stream, void *gv)
+{
+    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv, shift, a, 0.0, bq,
+                    b0, stream, (T *)gv, 1);
+}
+
+/* Soft targets' q sums over lanes k of one vector: wq = w*q into vq, wq*y into vqy where
+ * wq != 0 (a zero q takes no part, even against y = -inf; a NaN wq does). */
+CE_ALWAYS_INLINE void CE_FN(qsums_vec)(const T *x, const T *q, const CT *w, MT k, VT cap,
+                                        VT inv_cap, VT *vq, VT *vqy, const int capped,
+                                        const int weighted)
+{
+    const MT all = (MT)~0u;
+    /* masked lanes: q = 0, so they add nothing */
+    VT y = k == all ? LD(x) : LDM(x, k), wq = k == all ? LD(q) : LDM(q, k);
+    if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+    if (weighted) wq = VOP(mul)(k == all ? LDC(w) : LDCM(w, k), wq);
+    *vq = VOP(add)(*vq, wq);
+    *vqy = VOP(mask3_fmadd)(wq, y, *vqy, VCMP_MASK(wq, VOP(setzero)(), _CMP_NEQ_UQ));
+}
+
+/* sum w*q and sum w*q*y: a second pass like the portable one (the segment is in L1/L2 after
+ * the stats pass), blocks of CT sums merged in double. */
+CE_ALWAYS_INLINE void CE_FN(qsums_impl)(const T *x, const T *q, int64_t n, double softcap,
+                                         const CT *w, ce_stats *out, const int capped,
+                                         const int weighted)
+{
+    const VT cap = VOP(set1)((CT)softcap);
+    const VT inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
+    const MT all = (MT)~0u;
+    double qs = 0.0, qys = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        VT vq0 = VOP(setzero)(), vq1 = vq0, vqy0 = vq0, vqy1 = vq0;
+        int64_t j = i0;
+#define CE_WQ(j) (weighted ? w + (j) : w)
+        for (; j + 2 * VN <= i1; j += 2 * VN) { /* two chains hide the add latency */
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), all, cap, inv_cap, &vq0, &vqy0, capped,
+                             weighted);
+            CE_FN(qsums_vec)(x + j + VN, q + j + VN, CE_WQ(j + VN), all, cap, inv_cap, &vq1,
+                             &vqy1, capped, weighted);
+        }
+        for (; j + VN <= i1; j += VN)
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), all, cap, inv_cap, &vq0, &vqy0, capped,
+                             weighted);
+        if (j < i1)
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), CE_LANES(i1 - j), cap, inv_cap, &vq0, &vqy0,
+                             capped, weighted);
+#undef CE_WQ
+        qs += SUM_TO_DOUBLE(VOP(add)(vq0, vq1));
+        qys += SUM_TO_DOUBLE(VOP(add)(vqy0, vqy1));
+    }
+    out->qsum = qs;
+    out->qysum = qys;
+}
+
+static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                 const void *wv, int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv, *q = (const T *)qv;
+    const CT *w = (const CT *)wv;
+    CE_FN(ce_stats)(xv, n, softcap, wv, want_wsum, out);
+    if (softcap > 0) {
+        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 1);
+        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 0);
+    } else {
+        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 1);
+        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 0);
+    }
+}
+
+/* BCE over lanes k of one vector (see kernels.h): adds l to *acc, stores l and g where
+ * wanted. softplus(+-x) = max(+-x, 0) + log1p(e) and sigmoid from the one e = exp(-|x|),
+ * which never overflows; max() returns its second operand (0) for a NaN x, as the
+ * portable comparisons do, and the NaN comes through e. */
+CE_ALWAYS_INLINE void CE_FN(bce_vec)(const T *x, const T *t, const CT *w, const CT *pw,
+                                      const CT *go, VT scale, T *l, T *g, MT k, VT *acc,
+                                      const int want_l, const int want_g)
+{
+    const MT all = (MT)~0u;
+    const VT one = VOP(set1)((CT)1), zero = VOP(setzero)();
+    const VT xv = k == all ? LD(x) : LDM(x, k), tv = k == all ? LD(t) : LDM(t, k);
+    const VT e = VEXP(VOP(sub)(zero, VOP(abs)(xv))), lp = VLOG1P(e);
+    const VT sp_pos = VOP(add)(VOP(max)(xv, zero), lp);
+    const VT sp_neg = VOP(add)(VOP(max)(VOP(sub)(zero, xv), zero), lp);
+    const VT pwv = pw ? (k == all ? LDC(pw) : LDCM(pw, k)) : one;
+    const VT pt = pw ? VOP(mul)(pwv, tv) : tv;
+    /* two non-negative terms for t in [0, 1]: no cancellation */
+    VT lv = VOP(fmadd)(VOP(sub)(one, tv), sp_pos, VOP(mul)(pt, sp_neg));
+    const VT wv = w ? (k == all ? LDC(w) : LDCM(w, k)) : one;
+    if (w) lv = VOP(mul)(wv, lv);
+    *acc = VOP(mask_add)(*acc, k, *acc, lv);
+    if (want_l) {
+        if (k == all) ST(l, lv);
+        else STM(l, k, lv);
+    }
+    if (want_g) {
+        const VT L = pw ? VOP(fmadd)(VOP(sub)(pwv, one), tv, one) : one;
+        const MT nonneg = VCMP_MASK(xv, zero, _CMP_GE_OQ);
+        const VT sig = VOP(div)(VOP(mask_blend)(nonneg, e, one), VOP(add)(one, e));
+        VT s = go ? (k == all ? LDC(go) : LDCM(go, k)) : scale;
+        if (w) s = VOP(mul)(s, wv);
+        const VT gv = VOP(mul)(s, VOP(fmsub)(L, sig, pt));
+        if (k == all) ST(g, gv);
+        else STM(g, k, gv);
+    }
+}
+
+CE_ALWAYS_INLINE double CE_FN(bce_impl)(const T *x, const T *t, int64_t n, const CT *w,
+                                         const CT *pw, const CT *go, double scale, T *l, T *g,
+                                         const int want_l, const int want_g)
+{
+    const VT vscale = VOP(set1)((CT)scale);
+    const MT all = (MT)~0u;
+    double total = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        VT acc = VOP(setzero)();
+        int64_t j = i0;
+/* one vector at j over lanes k; no arithmetic on NULL pointers */
+#define CE_BCE_AT(j, k)                                                                         \
+    CE_FN(bce_vec)(x + (j), t + (j), w ? w + (j) : w, pw ? pw + (j) : pw, go ? go + (j) : go,   \
+                   vscale, want_l ? l + (j) : l, want_g ? g + (j) : g, k, &acc, want_l, want_g)
+        for (; j + VN <= i1; j += VN) CE_BCE_AT(j, all);
+        if (j < i1) CE_BCE_AT(j, CE_LANES(i1 - j));
+#undef CE_BCE_AT
+        total += SUM_TO_DOUBLE(acc);
+    }
+    return total;
+}
+
+static double CE_FN(bce)(const void *xv, const void *tv, int64_t n, const void *wv,
+                         const void *pwv, const void *gov, double scale, void *lossv, void *gv)
+{
+    const T *x = (const T *)xv, *t = (const T *)tv;
+    const CT *w = (const CT *)wv, *pw = (const CT *)pwv, *go = (const CT *)gov;
+    T *l = (T *)lossv, *g = (T *)gv;
+    if (g) {
+        if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 1);
+        return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 1);
+    }
+    if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 0);
+    return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 0);
 }
 
 static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)

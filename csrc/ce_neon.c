@@ -120,6 +120,7 @@ CE_ALWAYS_INLINE double hsum_f32x4(float32x4_t v)
 #define VDUP vdupq_n_f32
 #define VEXP ce_exp_f32x4
 #define VTANH ce_tanh_f32x4
+#define VLOG1P ce_log1p01_f32x4
 #define VLANES lanes_f32x4
 #define VANYNAN anynan_f32x4
 #define VHMAX vmaxvq_f32
@@ -146,6 +147,7 @@ CE_ALWAYS_INLINE double hsum_f32x4(float32x4_t v)
 #undef VDUP
 #undef VEXP
 #undef VTANH
+#undef VLOG1P
 #undef VLANES
 #undef VANYNAN
 #undef VHMAX
@@ -161,6 +163,7 @@ CE_ALWAYS_INLINE double hsum_f32x4(float32x4_t v)
 #define VDUP vdupq_n_f64
 #define VEXP ce_exp_f64x2
 #define VTANH ce_tanh_f64x2
+#define VLOG1P ce_log1p01_f64x2
 #define VLANES lanes_f64x2
 #define VANYNAN anynan_f64x2
 #define VHMAX vmaxvq_f64
@@ -185,18 +188,21 @@ static void vexp_f64_neon(const double *x, int64_t n, double *y)
     if (i < n) stp_f64(y + i, (int)(n - i), ce_exp_f64x2(ldp_f64(x + i, (int)(n - i))));
 }
 
-/* stats_soft, grad_soft and bce stay NULL: the driver uses the portable ones. */
+#define CE_KERNELS(suf)                                                                     \
+    {ce_stats_##suf##_neon, ce_grad_##suf##_neon, ce_shift_##suf##_neon,                     \
+     ce_stats_soft_##suf##_neon, ce_grad_soft_##suf##_neon, bce_##suf##_neon}
 const ce_isa_table ce_table_neon = {
     FUSEDCE_ISA_NEON,
     {
-        [FUSEDCE_F32] = {ce_stats_f32_neon, ce_grad_f32_neon, ce_shift_f32_neon},
-        [FUSEDCE_F64] = {ce_stats_f64_neon, ce_grad_f64_neon, ce_shift_f64_neon},
-        [FUSEDCE_F16] = {ce_stats_f16_neon, ce_grad_f16_neon, ce_shift_f16_neon},
-        [FUSEDCE_BF16] = {ce_stats_bf16_neon, ce_grad_bf16_neon, ce_shift_bf16_neon},
+        [FUSEDCE_F32] = CE_KERNELS(f32),
+        [FUSEDCE_F64] = CE_KERNELS(f64),
+        [FUSEDCE_F16] = CE_KERNELS(f16),
+        [FUSEDCE_BF16] = CE_KERNELS(bf16),
     },
     vexp_f32_neon,
     vexp_f64_neon,
 };
+#undef CE_KERNELS
 
 #else /* CE_NEON_BODY: the primitives for one dtype */
 
@@ -317,57 +323,215 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const voi
 }
 
 typedef struct {
-    VT cap, inv_cap, shift, a, neg_b;
+    VT cap, inv_cap, shift, a, neg_b, neg_bq, neg_b0; /* -b hard targets; -bq, -b0 soft (q) */
 } CE_FN(grad_consts);
 
-/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w). */
-CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, const CE_FN(grad_consts) *c, const int capped,
-                                    const int weighted)
+/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w), or with soft targets
+ * (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh^2). */
+CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, VT q, const CE_FN(grad_consts) *c,
+                                    const int capped, const int weighted, const int soft)
 {
     VT y = x, th = x;
     if (capped) {
         th = VTANH(VOP(vmul)(x, c->inv_cap));
         y = VOP(vmul)(c->cap, th);
     }
-    const VT neg_bw = weighted ? VOP(vmul)(c->neg_b, w) : c->neg_b;
+    const VT neg_b = soft ? VOP(vfma)(c->neg_b0, c->neg_bq, q) : c->neg_b;
+    const VT neg_bw = weighted ? VOP(vmul)(neg_b, w) : neg_b;
     const VT v = VOP(vfma)(neg_bw, c->a, VEXP(VOP(vsub)(y, c->shift)));
     return capped ? VOP(vmul)(v, VOP(vfms)(VDUP((CT)1), th, th)) : v;
 }
 
-/* The first m < VN elements of x (and w) to g. */
-CE_ALWAYS_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, T *g, int m,
+/* The first m < VN elements of x (and w, q) to g. */
+CE_ALWAYS_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, const T *q, T *g, int m,
                                            const CE_FN(grad_consts) *c, const int capped,
-                                           const int weighted)
+                                           const int weighted, const int soft)
 {
     const VT wv = weighted ? LDCP(w, m) : c->neg_b;
-    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, c, capped, weighted));
+    const VT qv = soft ? LDP(q, m) : c->neg_b;
+    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, qv, c, capped, weighted, soft));
 }
 
-CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, int64_t n, const CT *w, T *g,
+/* w + j, q + j only when they exist (no arithmetic on NULL); w_j, q_j, or b's lanes unused */
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const CT *w, T *g,
                                         const CE_FN(grad_consts) *c, const int capped,
-                                        const int weighted)
+                                        const int weighted, const int soft)
 {
     int64_t j = 0;
     for (; j + VN <= n; j += VN)
-        ST(g + j, CE_FN(grad_vec)(LD(x + j), weighted ? LDC(w + j) : c->neg_b, c, capped, weighted));
+        ST(g + j, CE_FN(grad_vec)(LD(x + j), weighted ? LDC(w + j) : c->neg_b,
+                                  soft ? LD(q + j) : c->neg_b, c, capped, weighted, soft));
     if (j < n)
-        CE_FN(grad_partial)(x + j, weighted ? w + j : w, g + j, (int)(n - j), c, capped, weighted);
+        CE_FN(grad_partial)(x + j, weighted ? w + j : w, soft ? q + j : q, g + j, (int)(n - j), c,
+                            capped, weighted, soft);
+}
+
+/* The hard- and soft-target gradients: specialised on weights when uncapped (the hot path).
+ * NEON has no non-temporal store intrinsic: `stream` is ignored. */
+CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, double softcap,
+                                       const CT *w, double shift, double a, double b, double bq,
+                                       double b0, T *g, const int soft)
+{
+    const CE_FN(grad_consts) c = {
+        VDUP((CT)softcap), VDUP(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
+        VDUP((CT)shift),   VDUP((CT)a),
+        VDUP(-(CT)b),      VDUP(-(CT)bq),
+        VDUP(-(CT)b0),
+    };
+    if (softcap > 0) CE_FN(grad_impl)(x, q, n, w, g, &c, 1, w != NULL, soft); /* not hot */
+    else if (w) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft);
+    else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft);
 }
 
 static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
                            double shift, double a, double b, int stream, void *gv)
 {
     (void)stream;
-    const T *x = (const T *)xv;
+    CE_FN(grad_any)((const T *)xv, NULL, n, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
+                    (T *)gv, 0);
+}
+
+static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                const void *wv, double shift, double a, double bq, double b0,
+                                int stream, void *gv)
+{
+    (void)stream;
+    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv, shift, a, 0.0, bq,
+                    b0, (T *)gv, 1);
+}
+
+/* Soft targets' q sums over the first m <= VN elements: wq = w*q into vq, wq*y into vqy
+ * where wq != 0 (a zero q takes no part, even against y = -inf; a NaN wq does). */
+CE_ALWAYS_INLINE void CE_FN(qsums_vec)(const T *x, const T *q, const CT *w, int m, VT cap,
+                                        VT inv_cap, VT *vq, VT *vqy, const int capped,
+                                        const int weighted)
+{
+    /* partial loads give q = 0 past m, so those lanes add nothing */
+    VT y = m == VN ? LD(x) : LDP(x, m), wq = m == VN ? LD(q) : LDP(q, m);
+    if (capped) y = VOP(vmul)(cap, VTANH(VOP(vmul)(y, inv_cap)));
+    if (weighted) wq = VOP(vmul)(m == VN ? LDC(w) : LDCP(w, m), wq);
+    *vq = VOP(vadd)(*vq, wq);
+    *vqy = VOP(vbsl)(VOP(vceq)(wq, VDUP((CT)0)), *vqy, VOP(vfma)(*vqy, wq, y));
+}
+
+/* sum w*q and sum w*q*y: a second pass like the portable one (the segment is in L1/L2 after
+ * the stats pass), blocks of CT sums merged in double. */
+CE_ALWAYS_INLINE void CE_FN(qsums_impl)(const T *x, const T *q, int64_t n, double softcap,
+                                         const CT *w, ce_stats *out, const int capped,
+                                         const int weighted)
+{
+    const VT cap = VDUP((CT)softcap);
+    const VT inv_cap = VDUP(capped ? (CT)(1.0 / softcap) : (CT)0);
+    double qs = 0.0, qys = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        VT vq0 = VDUP((CT)0), vq1 = vq0, vqy0 = vq0, vqy1 = vq0;
+        int64_t j = i0;
+#define CE_WQ(j) (weighted ? w + (j) : w)
+        for (; j + 2 * VN <= i1; j += 2 * VN) { /* two chains hide the add latency */
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), VN, cap, inv_cap, &vq0, &vqy0, capped,
+                             weighted);
+            CE_FN(qsums_vec)(x + j + VN, q + j + VN, CE_WQ(j + VN), VN, cap, inv_cap, &vq1,
+                             &vqy1, capped, weighted);
+        }
+        for (; j + VN <= i1; j += VN)
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), VN, cap, inv_cap, &vq0, &vqy0, capped,
+                             weighted);
+        if (j < i1)
+            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), (int)(i1 - j), cap, inv_cap, &vq0, &vqy0,
+                             capped, weighted);
+#undef CE_WQ
+        qs += VHSUM(VOP(vadd)(vq0, vq1));
+        qys += VHSUM(VOP(vadd)(vqy0, vqy1));
+    }
+    out->qsum = qs;
+    out->qysum = qys;
+}
+
+static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
+                                 const void *wv, int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv, *q = (const T *)qv;
     const CT *w = (const CT *)wv;
-    T *g = (T *)gv;
-    const CE_FN(grad_consts) c = {
-        VDUP((CT)softcap), VDUP(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
-        VDUP((CT)shift), VDUP((CT)a), VDUP(-(CT)b),
-    };
-    if (softcap > 0) CE_FN(grad_impl)(x, n, w, g, &c, 1, w != NULL); /* not the hot path */
-    else if (w) CE_FN(grad_impl)(x, n, w, g, &c, 0, 1);
-    else CE_FN(grad_impl)(x, n, w, g, &c, 0, 0);
+    CE_FN(ce_stats)(xv, n, softcap, wv, want_wsum, out);
+    if (softcap > 0) {
+        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 1);
+        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 0);
+    } else {
+        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 1);
+        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 0);
+    }
+}
+
+/* BCE over the first m <= VN elements (see kernels.h): adds l to *acc, stores l and g where
+ * wanted. softplus(+-x) = max(+-x, 0) + log1p(e) and sigmoid from the one e = exp(-|x|),
+ * which never overflows; the max()es are compare-and-select, which give 0 for a NaN x as
+ * the portable comparisons do (FMAX would give NaN), and the NaN comes through e. */
+CE_ALWAYS_INLINE void CE_FN(bce_vec)(const T *x, const T *t, const CT *w, const CT *pw,
+                                      const CT *go, VT scale, T *l, T *g, int m, VT *acc,
+                                      const int want_l, const int want_g)
+{
+    const VT one = VDUP((CT)1), zero = VDUP((CT)0);
+    const VT xv = m == VN ? LD(x) : LDP(x, m), tv = m == VN ? LD(t) : LDP(t, m);
+    const VT e = VEXP(VOP(vneg)(VOP(vabs)(xv))), lp = VLOG1P(e);
+    const VT sp_pos = VOP(vadd)(VOP(vbsl)(VOP(vcgt)(xv, zero), xv, zero), lp);
+    const VT sp_neg = VOP(vadd)(VOP(vbsl)(VOP(vclt)(xv, zero), VOP(vneg)(xv), zero), lp);
+    const VT pwv = pw ? (m == VN ? LDC(pw) : LDCP(pw, m)) : one;
+    const VT pt = pw ? VOP(vmul)(pwv, tv) : tv;
+    /* two non-negative terms for t in [0, 1]: no cancellation */
+    VT lv = VOP(vfma)(VOP(vmul)(pt, sp_neg), VOP(vsub)(one, tv), sp_pos);
+    const VT wv = w ? (m == VN ? LDC(w) : LDCP(w, m)) : one;
+    if (w) lv = VOP(vmul)(wv, lv);
+    *acc = VOP(vadd)(*acc, m == VN ? lv : VOP(vbsl)(VLANES(m), lv, zero));
+    if (want_l) {
+        if (m == VN) ST(l, lv);
+        else STP(l, m, lv);
+    }
+    if (want_g) {
+        const VT L = pw ? VOP(vfma)(one, VOP(vsub)(pwv, one), tv) : one;
+        const VT sig = VOP(vdiv)(VOP(vbsl)(VOP(vcge)(xv, zero), one, e), VOP(vadd)(one, e));
+        VT s = go ? (m == VN ? LDC(go) : LDCP(go, m)) : scale;
+        if (w) s = VOP(vmul)(s, wv);
+        const VT gv = VOP(vmul)(s, VOP(vfma)(VOP(vneg)(pt), L, sig));
+        if (m == VN) ST(g, gv);
+        else STP(g, m, gv);
+    }
+}
+
+CE_ALWAYS_INLINE double CE_FN(bce_impl)(const T *x, const T *t, int64_t n, const CT *w,
+                                         const CT *pw, const CT *go, double scale, T *l, T *g,
+                                         const int want_l, const int want_g)
+{
+    const VT vscale = VDUP((CT)scale);
+    double total = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        VT acc = VDUP((CT)0);
+        int64_t j = i0;
+/* m elements at j; no arithmetic on NULL pointers */
+#define CE_BCE_AT(j, m)                                                                         \
+    CE_FN(bce_vec)(x + (j), t + (j), w ? w + (j) : w, pw ? pw + (j) : pw, go ? go + (j) : go,   \
+                   vscale, want_l ? l + (j) : l, want_g ? g + (j) : g, m, &acc, want_l, want_g)
+        for (; j + VN <= i1; j += VN) CE_BCE_AT(j, VN);
+        if (j < i1) CE_BCE_AT(j, (int)(i1 - j));
+#undef CE_BCE_AT
+        total += VHSUM(acc);
+    }
+    return total;
+}
+
+static double CE_FN(bce)(const void *xv, const void *tv, int64_t n, const void *wv,
+                         const void *pwv, const void *gov, double scale, void *lossv, void *gv)
+{
+    const T *x = (const T *)xv, *t = (const T *)tv;
+    const CT *w = (const CT *)wv, *pw = (const CT *)pwv, *go = (const CT *)gov;
+    T *l = (T *)lossv, *g = (T *)gv;
+    if (g) {
+        if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 1);
+        return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 1);
+    }
+    if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 0);
+    return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 0);
 }
 
 static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)

@@ -439,6 +439,274 @@ static void test_shift_case(const isa_entry *isa, int dt, int64_t n, size_t offs
     buf_free(&ib);
 }
 
+static double ulp_f32(double v);
+static long double ulp_f64(long double v);
+static double f64_reference_slack(void);
+
+/* ---- soft targets: stats_soft and grad_soft against portable ---------------------------- */
+
+/* Probabilities in [0, 1) with a quarter exact zeros, and zero wherever x is -inf (a zero
+ * w*q must take no part in qysum, even against y = -inf). */
+static void fill_probs(int dt, void *q, const void *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const int zero = rng_next() % 4 == 0 || get_elem(dt, x, i) == -INFINITY;
+        set_elem(dt, q, i, zero ? 0.0 : rng_uniform(0.0, 1.0));
+    }
+}
+
+/* |got - want| within tol, or the same NaN / inf. */
+static int close_or_same(double got, double want, double tol)
+{
+    if (isnan(want) || isnan(got)) return isnan(want) && isnan(got);
+    if (isinf(want) || isinf(got)) return got == want;
+    return fabs(got - want) <= tol;
+}
+
+static void test_stats_soft_case(const isa_entry *isa, int dt, int64_t n, double softcap,
+                                 int weighted, int want_wsum, size_t offset, int special)
+{
+    if (!isa->table->k[dt].stats_soft) return; /* left to portable by the driver */
+    const size_t es = dtype_size[dt];
+    buffer xb = buf_new((size_t)n * es, offset * es);
+    buffer qb = buf_new((size_t)n * es, ((offset + 5) % 8) * es);
+    buffer wb = buf_new((size_t)n * weight_size(dt), offset * weight_size(dt));
+    fill_logits(dt, xb.p, n, special);
+    fill_probs(dt, qb.p, xb.p, n);
+    fill_weights(dt, wb.p, n);
+    const void *w = weighted ? wb.p : NULL;
+    /* a NaN q is not a zero one: it reaches both q sums */
+    if (special == SP_NAN && n > 0) set_elem(dt, qb.p, (int64_t)(rng_next() % (uint64_t)n), NAN);
+
+    ce_stats got, port;
+    memset(&got, 0, sizeof got);
+    memset(&port, 0, sizeof port);
+    isa->table->k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, &got);
+    ce_table_portable.k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, &port);
+
+    char what[200];
+    snprintf(what, sizeof what, "%s stats_soft %s n=%lld cap=%g w=%d wsum=%d off=%zu special=%s",
+             isa->name, dtype_name[dt], (long long)n, softcap, weighted, want_wsum, offset,
+             special_name[special]);
+    const double eps = compute_eps(dt);
+    /* the stats part is ce_stats' own (tested above); the q sums: float blocks, then double */
+    double wq_abs = 0, wqy_abs = 0, ymax = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double wq = get_weight(dt, w, i) * get_elem(dt, qb.p, i);
+        const double y = capped(get_elem(dt, xb.p, i), softcap);
+        wq_abs += fabs(wq);
+        if (wq != 0) wqy_abs += fabs(wq * y);
+        if (isfinite(y) && fabs(y) > ymax) ymax = fabs(y);
+    }
+    const double terms = 16 + (n < 256 ? n : 256);
+    check(got.max == port.max ||
+              (softcap > 0 && fabs(got.max - port.max) <= 8 * eps * (1 + fabs(port.max))),
+          "%s: max %.17g, portable %.17g", what, got.max, port.max);
+    check(close_or_same(got.sum, port.sum, 64 * eps * fabs(port.sum) * (1 + ymax)),
+          "%s: sum %.17g, portable %.17g", what, got.sum, port.sum);
+    if (want_wsum)
+        check(close_or_same(got.wsum, port.wsum,
+                            2 * eps * terms * (1 + fabs(port.wsum)) * (1 + ymax)),
+              "%s: wsum %.17g, portable %.17g", what, got.wsum, port.wsum);
+    check(close_or_same(got.qsum, port.qsum, 2 * eps * terms * wq_abs),
+          "%s: qsum %.17g, portable %.17g", what, got.qsum, port.qsum);
+    check(close_or_same(got.qysum, port.qysum, 2 * eps * (terms + (softcap > 0 ? 8 : 0)) * wqy_abs),
+          "%s: qysum %.17g, portable %.17g", what, got.qysum, port.qysum);
+    check(buf_guards_ok(&xb) && buf_guards_ok(&qb) && buf_guards_ok(&wb), "%s: inputs changed",
+          what);
+    buf_free(&xb);
+    buf_free(&qb);
+    buf_free(&wb);
+}
+
+static void test_grad_soft_case(const isa_entry *isa, int dt, int64_t n, double softcap,
+                                int weighted, int stream, size_t offset, int special)
+{
+    if (!isa->table->k[dt].grad_soft) return; /* left to portable by the driver */
+    const size_t es = dtype_size[dt];
+    buffer xb = buf_new((size_t)n * es, offset * es);
+    buffer qb = buf_new((size_t)n * es, ((offset + 5) % 8) * es);
+    buffer gb = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    buffer pb = buf_new((size_t)n * es, 0);
+    buffer ib = buf_new((size_t)n * es, offset * es); /* in place */
+    buffer wb = buf_new((size_t)n * weight_size(dt), offset * weight_size(dt));
+    fill_logits(dt, xb.p, n, special);
+    fill_probs(dt, qb.p, xb.p, n);
+    fill_weights(dt, wb.p, n);
+    const void *w = weighted ? wb.p : NULL;
+
+    ce_stats st;
+    ce_table_portable.k[dt].stats(xb.p, n, softcap, NULL, 0, &st);
+    double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
+    shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
+    const double a = rng_uniform(0.1, 2.0), bq = rng_uniform(-1.5, 1.5);
+    const double b0 = rng_uniform(-0.2, 0.2);
+
+    isa->table->k[dt].grad_soft(xb.p, qb.p, n, softcap, w, shift, a, bq, b0, stream, gb.p);
+    ce_table_portable.k[dt].grad_soft(xb.p, qb.p, n, softcap, w, shift, a, bq, b0, stream, pb.p);
+    memcpy(ib.p, xb.p, (size_t)n * es);
+    isa->table->k[dt].grad_soft(ib.p, qb.p, n, softcap, w, shift, a, bq, b0, stream, ib.p);
+
+    char what[200];
+    snprintf(what, sizeof what, "%s grad_soft %s n=%lld cap=%g w=%d stream=%d off=%zu special=%s",
+             isa->name, dtype_name[dt], (long long)n, softcap, weighted, stream, offset,
+             special_name[special]);
+    const double eps = compute_eps(dt);
+    int64_t bad = -1;
+    for (int64_t j = 0; j < n && bad < 0; j++) {
+        const double x = get_elem(dt, xb.p, j), y = capped(x, softcap);
+        const double bw =
+            fabs(get_weight(dt, w, j)) * (fabs(bq * get_elem(dt, qb.p, j)) + fabs(b0));
+        /* both sides' errors, as in the grad test; bq*q + b0 may cancel too */
+        const double scale = fabs(a * exp(y - shift)) + bw;
+        const double rel = eps * (16 + 4 * fabs(y - shift) + (softcap > 0 ? 24 * fabs(y) + 32 : 0));
+        const double want = get_elem(dt, pb.p, j), got = get_elem(dt, gb.p, j);
+        const double tol = scale * rel + 2 * storage_ulp(dt, want);
+        if (!close_or_same(got, want, tol) &&
+            !(isinf(got) != isinf(want) && fmax(fabs(got), fabs(want)) >= storage_max(dt)))
+            bad = j;
+    }
+    check(bad < 0, "%s: g[%lld] = %.17g, portable %.17g", what, (long long)bad,
+          bad >= 0 ? get_elem(dt, gb.p, bad) : 0.0, bad >= 0 ? get_elem(dt, pb.p, bad) : 0.0);
+    check(memcmp(ib.p, gb.p, (size_t)n * es) == 0, "%s: in-place result differs", what);
+    check(buf_guards_ok(&gb) && buf_guards_ok(&ib) && buf_guards_ok(&xb) && buf_guards_ok(&qb),
+          "%s: wrote outside the gradient", what);
+    buf_free(&xb);
+    buf_free(&qb);
+    buf_free(&gb);
+    buf_free(&pb);
+    buf_free(&ib);
+    buf_free(&wb);
+}
+
+/* ---- binary cross-entropy against portable ---------------------------------------------- */
+
+/* variant bits: weight, pos_weight, go, loss output off, grad output off, unaligned */
+static void test_bce_case(const isa_entry *isa, int dt, int64_t n, int variant, int special)
+{
+    if (!isa->table->k[dt].bce) return; /* left to portable by the driver */
+    const int weighted = variant & 1, has_pw = (variant >> 1) & 1, has_go = (variant >> 2) & 1;
+    const int want_l = !((variant >> 3) & 1), want_g = !((variant >> 4) & 1);
+    const size_t offset = (variant >> 5) & 1 ? (size_t)(1 + rng_next() % 7) : 0;
+    const size_t es = dtype_size[dt], ws = weight_size(dt);
+    buffer xb = buf_new((size_t)n * es, offset * es);
+    buffer tb = buf_new((size_t)n * es, ((offset + 3) % 8) * es);
+    buffer lb = buf_new((size_t)n * es, ((offset + 1) % 8) * es), plb = buf_new((size_t)n * es, 0);
+    buffer gb = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    buffer pgb = buf_new((size_t)n * es, 0);
+    buffer ib = buf_new((size_t)n * es, offset * es), ilb = buf_new((size_t)n * es, 0);
+    buffer wb = buf_new((size_t)n * ws, offset * ws), pwb = buf_new((size_t)n * ws, 0);
+    buffer gob = buf_new((size_t)n * ws, 0);
+    fill_logits(dt, xb.p, n, special);
+    for (int64_t i = 0; i < n; i++) {
+        const uint64_t r = rng_next() % 16;
+        if (r == 0) set_elem(dt, xb.p, i, (rng_next() & 1 ? 1e4 : -1e4)); /* e^-|x| = 0 */
+        if (r == 1 && isfinite(get_elem(dt, xb.p, i))) set_elem(dt, xb.p, i, rng_logspaced(-30, 0));
+        const uint64_t u = rng_next() % 8;
+        set_elem(dt, tb.p, i, u == 0 ? 0.0 : u == 1 ? 1.0 : rng_uniform(0.0, 1.0));
+    }
+    fill_weights(dt, wb.p, n);
+    fill_weights(dt, pwb.p, n);
+    for (int64_t i = 0; i < n; i++) {
+        const double v = rng_uniform(-2.0, 2.0);
+        if (dt == FUSEDCE_F64) ((double *)gob.p)[i] = v;
+        else ((float *)gob.p)[i] = (float)v;
+    }
+    const void *w = weighted ? wb.p : NULL, *pw = has_pw ? pwb.p : NULL;
+    const void *go = has_go ? gob.p : NULL;
+    const double scale = rng_uniform(-2.0, 2.0);
+    void *l = want_l ? lb.p : NULL, *g = want_g ? gb.p : NULL;
+
+    const double sum = isa->table->k[dt].bce(xb.p, tb.p, n, w, pw, go, scale, l, g);
+    const double psum = ce_table_portable.k[dt].bce(xb.p, tb.p, n, w, pw, go, scale, plb.p, pgb.p);
+    memcpy(ib.p, xb.p, (size_t)n * es);
+    const double isum = isa->table->k[dt].bce(ib.p, tb.p, n, w, pw, go, scale,
+                                              want_l ? ilb.p : NULL, want_g ? ib.p : NULL);
+
+    char what[200];
+    snprintf(what, sizeof what, "%s bce %s n=%lld w=%d pw=%d go=%d l=%d g=%d off=%zu special=%s",
+             isa->name, dtype_name[dt], (long long)n, weighted, has_pw, has_go, want_l, want_g,
+             offset, special_name[special]);
+    const double eps = compute_eps(dt);
+    int64_t bad_l = -1, bad_g = -1;
+    double labs_sum = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const double x = get_elem(dt, xb.p, j), t = get_elem(dt, tb.p, j);
+        const double wj = get_weight(dt, w, j), pwj = get_weight(dt, pw, j);
+        const double pl = get_elem(dt, plb.p, j);
+        if (isfinite(pl)) labs_sum += fabs(pl);
+        /* loss: a sum of two non-negative terms, each a few ULP (exp, log1p, products) */
+        if (want_l && bad_l < 0) {
+            const double got = get_elem(dt, lb.p, j);
+            if (!close_or_same(got, pl, 24 * eps * fabs(pl) + 2 * storage_ulp(dt, pl)) &&
+                !(isinf(got) != isinf(pl) && fmax(fabs(got), fabs(pl)) >= storage_max(dt)))
+                bad_l = j;
+        }
+        /* gradient: L = 1 + (pw - 1)t and L*sig - pw*t cancel; the error is relative to the
+         * terms' size */
+        if (want_g && bad_g < 0) {
+            const double sj = (go ? get_weight(dt, go, j) : scale) * wj;
+            const double sig = 1 / (1 + exp(-x));
+            const double terms = fabs(sj) * ((1 + fabs((pwj - 1) * t)) * sig + fabs(pwj * t));
+            const double pgv = get_elem(dt, pgb.p, j), got = get_elem(dt, gb.p, j);
+            if (!close_or_same(got, pgv, 16 * eps * terms + 2 * storage_ulp(dt, pgv))) bad_g = j;
+        }
+    }
+    check(bad_l < 0, "%s: l[%lld] = %.17g, portable %.17g", what, (long long)bad_l,
+          bad_l >= 0 ? get_elem(dt, lb.p, bad_l) : 0.0,
+          bad_l >= 0 ? get_elem(dt, plb.p, bad_l) : 0.0);
+    check(bad_g < 0, "%s: g[%lld] = %.17g, portable %.17g", what, (long long)bad_g,
+          bad_g >= 0 ? get_elem(dt, gb.p, bad_g) : 0.0,
+          bad_g >= 0 ? get_elem(dt, pgb.p, bad_g) : 0.0);
+    /* float block sums (portable: 256 terms) of values each a few ULP apart, then double;
+     * the sum is of the unrounded losses, which a half type may store as 0 */
+    check(close_or_same(sum, psum, eps * (48 + (n < 256 ? n : 256)) * fmax(labs_sum, fabs(psum))),
+          "%s: sum %.17g, portable %.17g", what, sum, psum);
+    check(isum == sum || (isnan(isum) && isnan(sum)), "%s: in-place sum differs", what);
+    check((!want_g || memcmp(ib.p, gb.p, (size_t)n * es) == 0) &&
+              (!want_l || memcmp(ilb.p, lb.p, (size_t)n * es) == 0),
+          "%s: in-place result differs", what);
+    check(buf_guards_ok(&xb) && buf_guards_ok(&tb) && buf_guards_ok(&lb) && buf_guards_ok(&gb) &&
+              buf_guards_ok(&ib) && buf_guards_ok(&ilb) && buf_guards_ok(&wb),
+          "%s: wrote outside the outputs", what);
+    /* outputs off: nothing written */
+    unsigned char fill[64];
+    memset(fill, 0xA5, sizeof fill);
+    const size_t head = (size_t)n * es < 64 ? (size_t)n * es : 64;
+    check((want_l || memcmp(lb.p, fill, head) == 0) && (want_g || memcmp(gb.p, fill, head) == 0),
+          "%s: wrote an output that is off", what);
+    buffer *all[] = {&xb, &tb, &lb, &plb, &gb, &pgb, &ib, &ilb, &wb, &pwb, &gob};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) buf_free(all[i]);
+}
+
+/* softplus(x) through bce (t = 0, no weights): the vector exp and log1p end to end, in ULP
+ * of the compute type against long double. */
+static void test_softplus(const isa_entry *isa)
+{
+    if (!isa->table->k[FUSEDCE_F32].bce || !isa->table->k[FUSEDCE_F64].bce) return;
+    double worst32 = 0, worst64 = 0, wx32 = 0, wx64 = 0;
+    for (int i = 0; i < 1 << 17; i++) {
+        const double x = i % 2 ? rng_uniform(-40, 40) : rng_logspaced(-30, 6);
+        const float xf = (float)x, tf = 0;
+        float lf;
+        isa->table->k[FUSEDCE_F32].bce(&xf, &tf, 1, NULL, NULL, NULL, 1.0, &lf, NULL);
+        const long double r32 = log1pl(expl((long double)xf));
+        const double e32 =
+            (double)(fabsl((long double)lf - r32) / (long double)ulp_f32((double)r32));
+        if (e32 > worst32) worst32 = e32, wx32 = xf;
+        const double td = 0;
+        double ld;
+        isa->table->k[FUSEDCE_F64].bce(&x, &td, 1, NULL, NULL, NULL, 1.0, &ld, NULL);
+        const long double r64 = log1pl(expl((long double)x));
+        const double e64 = (double)(fabsl((long double)ld - r64) / ulp_f64(r64));
+        if (e64 > worst64) worst64 = e64, wx64 = x;
+    }
+    printf("%-8s softplus (bce): max %.3f ULP f32 (at %.9g), %.3f ULP f64 (at %.17g)\n",
+           isa->name, worst32, wx32, worst64, wx64);
+    check(worst32 <= 4.0 && worst64 <= 4.0 + 2 * f64_reference_slack(),
+          "%s softplus max ULP %.3f / %.3f > 4", isa->name, worst32, worst64);
+}
+
 /* ---- accuracy of the vector exp (and of tanh through the softcap path) ------------------ */
 
 static double ulp_f32(double v)
@@ -644,6 +912,7 @@ int main(void)
         fails_to_show = n_failed + 20; /* the first few of each ISA */
         test_exp(isa, exhaustive);
         test_tanh(isa, exhaustive);
+        test_softplus(isa);
         for (int dt = 0; dt < 4; dt++) {
             for (int li = 0; li < N_LENGTHS; li++) {
                 const int64_t n = length_at(li);
@@ -655,7 +924,13 @@ int main(void)
                         const size_t offset = (variant >> 3) ? (size_t)(1 + rng_next() % 7) : 0;
                         test_stats_case(isa, dt, n, softcap, weighted, flag, offset, special);
                         test_grad_case(isa, dt, n, softcap, weighted, flag, offset, special);
+                        test_stats_soft_case(isa, dt, n, softcap, weighted, flag, offset,
+                                             special);
+                        test_grad_soft_case(isa, dt, n, softcap, weighted, flag, offset, special);
                     }
+                for (int special = 0; special < SP_COUNT; special++)
+                    for (int variant = 0; variant < 64; variant++)
+                        test_bce_case(isa, dt, n, variant, special);
                 for (int special = 0; special < SP_COUNT; special++)
                     for (size_t offset = 0; offset < 3; offset++)
                         test_shift_case(isa, dt, n, offset * 3, special);
@@ -663,6 +938,9 @@ int main(void)
             /* a long row: block merging keeps the float sums accurate */
             test_stats_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
             test_grad_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
+            test_stats_soft_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
+            test_grad_soft_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
+            test_bce_case(isa, dt, 262147, 7 | 32, SP_NONE);
         }
         printf("%-8s %s\n", isa->name, n_failed == failed_before ? "ok" : "FAILED");
     }
