@@ -11,22 +11,11 @@ import numpy as np
 
 from . import _checks, _cpu
 
-_DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
-
-
 def is_cuda_array(obj) -> bool:
-    """True for arrays that live on a CUDA device; never imports Numba."""
-    if isinstance(obj, np.ndarray):
-        return False
-    if hasattr(obj, "__cuda_array_interface__"):
-        return True
-    dev = getattr(obj, "__dlpack_device__", None)
-    if dev is not None:
-        try:
-            return int(dev()[0]) in _DLPACK_CUDA_DEVICES
-        except Exception:
-            return False
-    return False
+    """True for arrays that live on a CUDA device (see _cuda.is_device_array); never imports Numba."""
+    from ._cuda import is_device_array
+
+    return is_device_array(obj)
 
 
 def _cuda():

@@ -1,0 +1,195 @@
+"""The `fusedce` command: bench/check/info options, JSON schema, plot, failure handling.
+
+Everything runs in-process through main([...]) on tiny shapes; one subprocess checks that
+`python -m fusedce` itself works.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedce
+from fusedce import _bench, _cpu
+from fusedce.__main__ import main
+
+TINY = ["--shape", "8x1000", "--repeat", "2"]
+
+
+def bench(capsys, *args):
+    rc = main(["bench", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def table_rows(out):
+    """(backend, op) of every table row in the plain output."""
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and "x" in fields[0] and fields[0].split("x")[0].isdigit():
+            rows.append((fields[2], fields[3]))
+    return rows
+
+
+def test_bench_tiny_grid_every_op_and_dtype(capsys):
+    rc, out, _ = bench(capsys, *TINY, "--shape", "3x4097", "--op", "all", "--backend", "cpu",
+                       "--backend", "reference", "--dtype", "float32", "--dtype", "float64")
+    assert rc == 0
+    rows = table_rows(out)
+    isa = _cpu.active_isa()
+    for op in _bench.OPS:
+        assert (f"cpu/{isa}", op) in rows and ("reference", op) in rows
+    assert ("np.copyto", "copy") in rows
+    # 2 shapes x 2 dtypes x (2 backends x 3 ops + the copy)
+    assert len(rows) == 2 * 2 * 7
+    assert "float64" in out and "3x4097" in out
+
+
+def test_bench_half_precision_against_torch(capsys):
+    pytest.importorskip("ml_dtypes")
+    pytest.importorskip("torch")
+    rc, out, _ = bench(capsys, *TINY, "--dtype", "float16", "--dtype", "bfloat16", "--backend", "cpu",
+                       "--backend", "torch")
+    assert rc == 0
+    assert "bfloat16" in out and "float16" in out
+    assert ("torch", "fused") in table_rows(out)
+
+
+def test_bench_json_schema(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    threads_before = fusedce.get_num_threads()
+    rc, out, _ = bench(capsys, *TINY, "--backend", "cpu", "--backend", "reference", "--op", "fused",
+                       "--threads", "1", "--json", str(path))
+    assert rc == 0 and str(path) in out
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == "fusedce-bench/1"
+    assert {"platform", "cpu_model", "cores"} <= doc["machine"].keys()
+    assert {"fusedce", "numpy", "torch", "numba"} <= doc["versions"].keys()
+    assert doc["versions"]["fusedce"] == fusedce.__version__
+    assert doc["cpu"]["active_isa"] in doc["cpu"]["available_isas"]
+    assert doc["cpu"]["threads"] == 1  # what the run used, not what was set before
+    assert doc["config"]["repeat"] == 2 and doc["config"]["shapes"] == [[8, 1000]]
+    rows = doc["rows"]
+    assert [(r["backend"], r["op"]) for r in rows] == [
+        (f"cpu/{_cpu.active_isa()}", "fused"), ("reference", "fused"), ("np.copyto", "copy")]
+    for row in rows:
+        assert row["shape"] == [8, 1000] and row["dtype"] == "float32"
+        assert len(row["times_s"]) == 2 and all(isinstance(t, float) and t > 0 for t in row["times_s"])
+        for key in ("median_s", "gelem_per_s", "gb_per_s", "pct_copy"):
+            assert isinstance(row[key], float) and row[key] > 0
+        assert row["elements"] == 8000
+    fused = rows[0]
+    assert fused["bytes"] == 2 * 8000 * 4  # read the logits, write the gradient
+    assert fused["errors"].keys() == fused["tolerances"].keys() == {"loss", "grad"}
+    assert fused["max_error"] <= 2e-6
+    assert isinstance(fused["vs_reference"], float) and fused["vs_torch"] is None
+    assert rows[2]["pct_copy"] == pytest.approx(100.0)
+    assert fusedce.get_num_threads() == threads_before  # --threads lasts for the run only
+
+
+def test_bench_plot_written(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "perf.png"
+    rc, _, _ = bench(capsys, *TINY, "--shape", "4x3000", "--backend", "cpu", "--op", "all", "--plot", str(path))
+    assert rc == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_every_isa(capsys):
+    rc, out, _ = bench(capsys, *TINY, "--backend", "cpu", "--isa", "all")
+    assert rc == 0
+    assert {b for b, _ in table_rows(out)} == {f"cpu/{isa}" for isa in fusedce.available_isas()} | {"np.copyto"}
+
+
+def test_unavailable_cuda_is_reported_not_an_error(capsys):
+    reason = _bench.cuda_unavailable_reason()
+    if reason is None:
+        pytest.skip("a CUDA GPU is available here")
+    rc, out, _ = bench(capsys, *TINY, "--backend", "cuda", "--backend", "cpu")
+    assert rc == 0
+    assert "cuda: unavailable" in out and reason in out
+    assert ("cuda", "fused") not in table_rows(out)
+
+
+def test_wrong_result_stops_the_run_naming_the_case(capsys, monkeypatch):
+    real = _cpu.cross_entropy
+
+    def off_by_one_percent(call, **kwargs):
+        result = real(call, **kwargs)
+        if call.grad is not None:
+            call.grad *= 1.01
+        return result
+
+    monkeypatch.setattr(_cpu, "cross_entropy", off_by_one_percent)
+    rc, out, err = bench(capsys, *TINY, "--backend", "cpu", "--op", "forward", "--op", "fused")
+    assert rc == 1
+    assert f"cpu/{_cpu.active_isa()} fused 8x1000 float32" in err and "gradient" in err
+    assert "median" not in out  # stopped before any table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shape", "8by1000"], "BxK"),
+    (["--shape", "0x10"], "BxK"),
+    (["--repeat", "0"], "positive integer"),
+    (["--dtype", "int8"], "invalid choice"),
+    (["--backend", "tpu"], "invalid choice"),
+])
+def test_bad_options_exit_2(capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unavailable_isa_is_a_clear_error(capsys):
+    missing = [isa for isa in _cpu.ISA_NAMES if isa not in fusedce.available_isas()]
+    if not missing:
+        pytest.skip("every ISA is available here")
+    rc, _, err = bench(capsys, *TINY, "--isa", missing[0])
+    assert rc == 2 and missing[0] in err and "not available" in err
+
+
+def test_check_command(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    for isa in fusedce.available_isas():
+        assert f"cpu/{isa}: " in out
+    assert out.count("results ok") == len(fusedce.available_isas()) + (_bench.cuda_unavailable_reason() is None)
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    info = fusedce.cpu_info()
+    assert fusedce.__version__ in out
+    for label in ("build:", "compiler:", "available ISAs:", "threads:", "cuda:", "torch:"):
+        assert label in out
+    assert f"active {info['active_isa']}" in out
+    assert ", ".join(info["available_isas"]) in out
+
+
+def test_python_dash_m_runs_plain_output():
+    proc = subprocess.run([sys.executable, "-m", "fusedce", "bench", *TINY, "--backend", "cpu"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "median ms" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # no colours or progress bar when piped
+
+
+def test_bytes_counted_per_op():
+    case = _bench.Case(4096, 32000, "float32")
+    assert case.bytes_moved("forward") == 4096 * 32000 * 4
+    assert case.bytes_moved("fused") == case.bytes_moved("backward") == case.bytes_moved("copy") == 2 * 4096 * 32000 * 4
+    assert _bench.Case(2, 3, "float64").bytes_moved("forward") == 2 * 3 * 8
+
+
+def test_tolerance_check_catches_nan():
+    oracle = _bench.Oracle(*_bench.make_inputs(_bench.Case(2, 3, "float32")))
+    bad = oracle.grad.astype(np.float32)
+    bad[1, 2] = np.nan
+    errors = _bench.result_errors(_bench.Outcome(grad=bad), oracle, "float32")
+    with pytest.raises(_bench.CheckFailure, match="gradient"):
+        _bench.require_within_tolerance(errors, "case")
