@@ -104,6 +104,7 @@ elif [ -f tests/c/test_kernels.c ]; then
 fi
 if [ -x "$out/test_kernels" ]; then
     echo "+ test_kernels ($mode)"
+    if [ "$mode" = valgrind ]; then export FUSEDCE_TEST_SMALL=1; fi
     "${run[@]}" "$out/test_kernels" | tail -n 40 || status=1
 fi
 
