@@ -63,6 +63,42 @@ def _fast_simulator_threads():
     sys.setswitchinterval(old)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _thread_safe_simulated_shared_arrays():
+    """The simulator's cuda.shared.array creates a block's array on first use from whichever
+    thread gets there, without a lock: two threads that arrive together can each get their own
+    np.empty array, and a reduction then reads uninitialised memory (seen here under load as a
+    sum of 0 beside a garbage max). Make that first-use step atomic; the kernels are as on a GPU."""
+    if not SIMULATED:
+        yield
+        return
+    import threading
+    import traceback
+
+    from numba.core import types
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    from numba.np import numpy_support
+
+    unlocked = FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory: one buffer, no race
+            return unlocked(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = tuple(traceback.extract_stack(sys._getframe(1), limit=1)[0][0:2])  # the kernel's line
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    FakeCUDAShared.array = array
+    yield
+    FakeCUDAShared.array = unlocked
+
+
 @pytest.fixture(autouse=True)
 def _small_blocks(monkeypatch):
     """Under the simulator keep blocks at 8 threads (the tree reductions still take 3 steps)."""
