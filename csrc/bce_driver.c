@@ -23,8 +23,7 @@ static int bce_run(int dtype, const fusedce_bce_args *a)
     if (!a->logits || !a->target) return FUSEDCE_EINVAL;
     const ce_kernels *k = &ce_active_table()->k[dtype];
     const bce_fn bce = k->bce ? k->bce : ce_table_portable.k[dtype].bce;
-    const size_t es = dtype == FUSEDCE_F64 ? 8 : dtype == FUSEDCE_F32 ? 4 : 2;
-    const size_t wes = dtype == FUSEDCE_F64 ? sizeof(double) : sizeof(float);
+    const size_t es = ce_elsize(dtype), wes = ce_compute_size(dtype);
     const int64_t K = a->classes, chunks_per_row = (K + BCE_CHUNK - 1) / BCE_CHUNK;
     const int64_t items = a->rows * chunks_per_row;
     double *partial = (double *)malloc((size_t)items * sizeof(double));

@@ -25,7 +25,6 @@
 /* Segment boundaries of a split row are multiples of this (whole cache lines, whole vectors). */
 #define CE_SPLIT_ALIGN 64
 
-static size_t ce_elsize(int dtype) { return dtype == FUSEDCE_F64 ? 8 : dtype == FUSEDCE_F32 ? 4 : 2; }
 
 static double ce_load(int dtype, const void *p, int64_t i)
 {
@@ -307,7 +306,7 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     J.grad_soft = J.k->grad_soft ? J.k->grad_soft : ce_table_portable.k[dtype].grad_soft;
     J.dtype = dtype;
     J.es = ce_elsize(dtype);
-    J.wes = dtype == FUSEDCE_F64 ? sizeof(double) : sizeof(float);
+    J.wes = ce_compute_size(dtype);
     J.total_weight = (double)a->classes;
     if (a->weight) {
         J.total_weight = 0.0;

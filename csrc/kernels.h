@@ -13,6 +13,7 @@
 #define FUSEDCE_KERNELS_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "fusedce.h"
@@ -113,6 +114,17 @@ int ce_threads_for(int64_t elems);
 /* Cache sizes in bytes (dispatch.c), for the driver's split and streaming decisions. */
 int64_t ce_l2_bytes(void);
 int64_t ce_llc_bytes(void);
+
+/* Bytes per logit of a dtype, and per class weight (the compute type: double for f64, else
+ * float). */
+static inline size_t ce_elsize(int dtype)
+{
+    return dtype == FUSEDCE_F64 ? 8 : dtype == FUSEDCE_F32 ? 4 : 2;
+}
+static inline size_t ce_compute_size(int dtype)
+{
+    return dtype == FUSEDCE_F64 ? sizeof(double) : sizeof(float);
+}
 
 /* Half-precision conversions shared by the portable kernels and scalar fix-ups. */
 float ce_f16_to_f32(uint16_t h);
