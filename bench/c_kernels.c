@@ -43,11 +43,11 @@ static void run_stats(const ce_kernels *k, void *x, void *g, void *w, int64_t n,
 {
     (void)g;
     ce_stats s;
-    for (int r = 0; r < reps; r++) k->stats(x, n, 0.0, w, w != NULL, &s);
+    for (int r = 0; r < reps; r++) k->stats(x, n, NULL, 0.0, w, w != NULL, &s);
 }
 static void run_grad(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
 {
-    for (int r = 0; r < reps; r++) k->grad(x, n, 0.0, w, 0.5, 0.7, 0.2, 0, g);
+    for (int r = 0; r < reps; r++) k->grad(x, n, NULL, 0.0, w, 0.5, 0.7, 0.2, 0, g);
 }
 static void run_shift(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
 {
@@ -58,7 +58,7 @@ static void run_stats_cap(const ce_kernels *k, void *x, void *g, void *w, int64_
 {
     (void)g;
     ce_stats s;
-    for (int r = 0; r < reps; r++) k->stats(x, n, 30.0, w, 0, &s);
+    for (int r = 0; r < reps; r++) k->stats(x, n, NULL, 30.0, w, 0, &s);
 }
 
 /* Median elements per second of fn over reps calls on n elements. */
@@ -158,10 +158,12 @@ int main(int argc, char **argv)
                 const double t0 = now();
                 for (int64_t r = 0; r < rows; r++) {
                     ce_stats s;
-                    k->stats(X + r * K, K, 0.0, NULL, 0, &s);
+                    k->stats(X + r * K, K, r + 1 < rows ? X + (r + 1) * K : NULL, 0.0, NULL, 0, &s);
                     const double a = 1.0 / s.sum;
-                    k->grad(X + r * K, K, 0.0, NULL, s.max, a, 0.0, stream, G + r * K);
+                    k->grad(X + r * K, K, r + 1 < rows ? X + (r + 1) * K : NULL, 0.0, NULL, s.max, a, 0.0,
+                            stream, G + r * K);
                 }
+                if (stream) ce_stream_fence();
                 tt[run] = now() - t0;
             }
             qsort(tt, 3, sizeof tt[0], cmp_double);

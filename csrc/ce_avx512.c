@@ -270,12 +270,15 @@ CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, const CT *w, int nb, CT *ybuf, 
     return VOP(reduce_max)(VOP(max)(vmax0, vmax1));
 }
 
-/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. */
-CE_ALWAYS_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref)
+/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. It
+ * reads only L1, so it prefetches what pass A reads next (pf: the next block, or the next
+ * row): otherwise the memory stream would idle while pass B computes. */
+CE_ALWAYS_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref, const T *pf)
 {
     const VT vref = VOP(set1)(ref);
     VT s0 = VOP(setzero)(), s1 = s0, s2 = s0, s3 = s0;
     for (int j = 0; j < nb; j += 4 * VN) {
+        CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 3);
         s0 = VOP(add)(s0, VEXP(VOP(sub)(VOP(load)(ybuf + j), vref)));
         s1 = VOP(add)(s1, VEXP(VOP(sub)(VOP(load)(ybuf + j + VN), vref)));
         s2 = VOP(add)(s2, VEXP(VOP(sub)(VOP(load)(ybuf + j + 2 * VN), vref)));
@@ -294,8 +297,9 @@ CE_ALWAYS_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
     return 0.0;
 }
 
-CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, const CT *w,
-                                         ce_stats *out, const int capped, const int wsum_mode)
+CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double softcap,
+                                         const CT *w, ce_stats *out, const int capped,
+                                         const int wsum_mode)
 {
     const VT cap = VOP(set1)((CT)softcap);
     const VT inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
@@ -308,8 +312,9 @@ CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, c
                                            capped, wsum_mode, &ws);
         /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
         const double ref = bm > m ? bm : m;
+        const T *pf = i0 + nb < n ? x + i0 + nb : next ? next : x + i0;
         const double bs = ref == -INFINITY ? CE_FN(block_nan)(ybuf, padded)
-                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref);
+                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref, pf);
         if (ref == m)
             s += bs;
         else
@@ -320,20 +325,20 @@ CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, c
     out->wsum = ws;
 }
 
-static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const void *wv,
-                            int want_wsum, ce_stats *out)
+static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double softcap,
+                            const void *wv, int want_wsum, ce_stats *out)
 {
-    const T *x = (const T *)xv;
+    const T *x = (const T *)xv, *next = (const T *)nextv;
     const CT *w = (const CT *)wv;
     const int wsum_mode = !want_wsum ? 0 : w ? 2 : 1;
     if (softcap > 0) {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 1);
-        else CE_FN(stats_impl)(x, n, softcap, w, out, 1, 2);
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 1);
+        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 2);
     } else {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 1);
-        else CE_FN(stats_impl)(x, n, softcap, w, out, 0, 2);
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 1);
+        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 2);
     }
 }
 
@@ -372,9 +377,10 @@ CE_ALWAYS_INLINE void CE_FN(grad_masked)(const T *x, const CT *w, const T *q, T 
 #define CE_Q(j) (soft ? q + (j) : q)
 #define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
 #define CE_QV(j) (soft ? LD(q + (j)) : c->b)
-CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const CT *w, T *g,
-                                        const CE_FN(grad_consts) *c, const int capped,
-                                        const int weighted, const int soft, const int stream)
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const T *pf,
+                                        const CT *w, T *g, const CE_FN(grad_consts) *c,
+                                        const int capped, const int weighted, const int soft,
+                                        const int stream)
 {
     int64_t j = 0;
     if (stream) {
@@ -387,16 +393,19 @@ CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const 
                                soft);
             j += m;
         }
-        for (; j + VN <= n; j += VN)
+        for (; j + VN <= n; j += VN) {
+            CE_PREFETCH(pf + j, VN * sizeof(T), 2);
             STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+        }
     } else {
-        for (; j + VN <= n; j += VN)
+        for (; j + VN <= n; j += VN) {
+            CE_PREFETCH(pf + j, VN * sizeof(T), 2);
             ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+        }
     }
     if (j < n)
         CE_FN(grad_masked)(x + j, CE_W(j), CE_Q(j), g + j, CE_LANES(n - j), c, capped, weighted,
                            soft);
-    if (stream) _mm_sfence();
 }
 #undef CE_QV
 #undef CE_WV
@@ -405,9 +414,10 @@ CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const 
 
 /* The hard- and soft-target gradients: specialised on weights and streaming when uncapped
  * (the hot path), runtime flags under the softcap's tanh. */
-CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, double softcap,
-                                       const CT *w, double shift, double a, double b, double bq,
-                                       double b0, int stream, T *g, const int soft)
+CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, const T *next,
+                                       double softcap, const CT *w, double shift, double a,
+                                       double b, double bq, double b0, int stream, T *g,
+                                       const int soft)
 {
     const CE_FN(grad_consts) c = {
         VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
@@ -415,33 +425,36 @@ CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, double 
         VOP(set1)((CT)b),       VOP(set1)((CT)bq),
         VOP(set1)((CT)b0),
     };
+    /* the next row's segment, prefetched into L2 while this one computes (x: none) */
+    const T *pf = next ? next : x;
     /* Streaming needs element-aligned g to reach a 64-byte boundary. */
     stream = stream && ((uintptr_t)g % sizeof(T)) == 0;
     const int weighted = w != NULL;
     if (softcap > 0) {
-        CE_FN(grad_impl)(x, q, n, w, g, &c, 1, weighted, soft, stream); /* not the hot path */
+        CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 1, weighted, soft, stream); /* not the hot path */
     } else if (stream) {
-        if (weighted) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft, 1);
-        else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft, 1);
+        if (weighted) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 1, soft, 1);
+        else CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 0, soft, 1);
     } else {
-        if (weighted) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft, 0);
-        else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft, 0);
+        if (weighted) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 1, soft, 0);
+        else CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 0, soft, 0);
     }
 }
 
-static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
-                           double shift, double a, double b, int stream, void *gv)
+static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap,
+                           const void *wv, double shift, double a, double b, int stream,
+                           void *gv)
 {
-    CE_FN(grad_any)((const T *)xv, NULL, n, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
-                    stream, (T *)gv, 0);
+    CE_FN(grad_any)((const T *)xv, NULL, n, (const T *)next, softcap, (const CT *)wv, shift, a, b,
+                    0.0, 0.0, stream, (T *)gv, 0);
 }
 
 static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap,
                                 const void *wv, double shift, double a, double bq, double b0,
                                 int stream, void *gv)
 {
-    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv, shift, a, 0.0, bq,
-                    b0, stream, (T *)gv, 1);
+    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, NULL, softcap, (const CT *)wv, shift, a, 0.0,
+                    bq, b0, stream, (T *)gv, 1);
 }
 
 /* Soft targets' q sums over lanes k of one vector: wq = w*q into vq, wq*y into vqy where
@@ -499,7 +512,7 @@ static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, doub
 {
     const T *x = (const T *)xv, *q = (const T *)qv;
     const CT *w = (const CT *)wv;
-    CE_FN(ce_stats)(xv, n, softcap, wv, want_wsum, out);
+    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
     if (softcap > 0) {
         if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 1);
         else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 0);

@@ -257,12 +257,15 @@ CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, const CT *w, int nb, CT *ybuf, 
     return VHMAX(vmax0);
 }
 
-/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. */
-CE_ALWAYS_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref)
+/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. It
+ * reads only L1, so it prefetches what pass A reads next (pf: the next block, or the next
+ * row): otherwise the memory stream would idle while pass B computes. */
+CE_ALWAYS_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref, const T *pf)
 {
     const VT vref = VDUP(ref);
     VT s0 = VDUP((CT)0), s1 = s0, s2 = s0, s3 = s0;
     for (int j = 0; j < nb; j += 4 * VN) {
+        CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 3);
         s0 = VOP(vadd)(s0, VEXP(VOP(vsub)(VOP(vld1)(ybuf + j), vref)));
         s1 = VOP(vadd)(s1, VEXP(VOP(vsub)(VOP(vld1)(ybuf + j + VN), vref)));
         s2 = VOP(vadd)(s2, VEXP(VOP(vsub)(VOP(vld1)(ybuf + j + 2 * VN), vref)));
@@ -279,8 +282,9 @@ CE_ALWAYS_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
     return 0.0;
 }
 
-CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, const CT *w,
-                                         ce_stats *out, const int capped, const int wsum_mode)
+CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double softcap,
+                                         const CT *w, ce_stats *out, const int capped,
+                                         const int wsum_mode)
 {
     const VT cap = VDUP((CT)softcap);
     const VT inv_cap = VDUP(capped ? (CT)(1.0 / softcap) : (CT)0);
@@ -293,8 +297,9 @@ CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, c
                                            capped, wsum_mode, &ws);
         /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
         const double ref = bm > m ? bm : m;
+        const T *pf = i0 + nb < n ? x + i0 + nb : next ? next : x + i0;
         const double bs = ref == -INFINITY ? CE_FN(block_nan)(ybuf, padded)
-                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref);
+                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref, pf);
         if (ref == m)
             s += bs;
         else
@@ -305,20 +310,20 @@ CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, double softcap, c
     out->wsum = ws;
 }
 
-static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const void *wv,
-                            int want_wsum, ce_stats *out)
+static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double softcap,
+                            const void *wv, int want_wsum, ce_stats *out)
 {
-    const T *x = (const T *)xv;
+    const T *x = (const T *)xv, *next = (const T *)nextv;
     const CT *w = (const CT *)wv;
     const int wsum_mode = !want_wsum ? 0 : w ? 2 : 1;
     if (softcap > 0) {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 1, 1);
-        else CE_FN(stats_impl)(x, n, softcap, w, out, 1, 2);
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 1);
+        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 2);
     } else {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, softcap, w, out, 0, 1);
-        else CE_FN(stats_impl)(x, n, softcap, w, out, 0, 2);
+        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 0);
+        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 1);
+        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 2);
     }
 }
 
@@ -353,14 +358,16 @@ CE_ALWAYS_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, const T *q, T
 }
 
 /* w + j, q + j only when they exist (no arithmetic on NULL); w_j, q_j, or b's lanes unused */
-CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const CT *w, T *g,
-                                        const CE_FN(grad_consts) *c, const int capped,
-                                        const int weighted, const int soft)
+CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const T *pf,
+                                        const CT *w, T *g, const CE_FN(grad_consts) *c,
+                                        const int capped, const int weighted, const int soft)
 {
     int64_t j = 0;
-    for (; j + VN <= n; j += VN)
+    for (; j + VN <= n; j += VN) {
+        CE_PREFETCH(pf + j, VN * sizeof(T), 2);
         ST(g + j, CE_FN(grad_vec)(LD(x + j), weighted ? LDC(w + j) : c->neg_b,
                                   soft ? LD(q + j) : c->neg_b, c, capped, weighted, soft));
+    }
     if (j < n)
         CE_FN(grad_partial)(x + j, weighted ? w + j : w, soft ? q + j : q, g + j, (int)(n - j), c,
                             capped, weighted, soft);
@@ -368,9 +375,9 @@ CE_ALWAYS_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const 
 
 /* The hard- and soft-target gradients: specialised on weights when uncapped (the hot path).
  * NEON has no non-temporal store intrinsic: `stream` is ignored. */
-CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, double softcap,
-                                       const CT *w, double shift, double a, double b, double bq,
-                                       double b0, T *g, const int soft)
+CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, const T *next,
+                                       double softcap, const CT *w, double shift, double a,
+                                       double b, double bq, double b0, T *g, const int soft)
 {
     const CE_FN(grad_consts) c = {
         VDUP((CT)softcap), VDUP(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
@@ -378,17 +385,20 @@ CE_ALWAYS_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, double 
         VDUP(-(CT)b),      VDUP(-(CT)bq),
         VDUP(-(CT)b0),
     };
-    if (softcap > 0) CE_FN(grad_impl)(x, q, n, w, g, &c, 1, w != NULL, soft); /* not hot */
-    else if (w) CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 1, soft);
-    else CE_FN(grad_impl)(x, q, n, w, g, &c, 0, 0, soft);
+    /* the next row's segment, prefetched into L2 while this one computes (x: none) */
+    const T *pf = next ? next : x;
+    if (softcap > 0) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 1, w != NULL, soft); /* not hot */
+    else if (w) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 1, soft);
+    else CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 0, soft);
 }
 
-static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
-                           double shift, double a, double b, int stream, void *gv)
+static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap,
+                           const void *wv, double shift, double a, double b, int stream,
+                           void *gv)
 {
     (void)stream;
-    CE_FN(grad_any)((const T *)xv, NULL, n, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
-                    (T *)gv, 0);
+    CE_FN(grad_any)((const T *)xv, NULL, n, (const T *)next, softcap, (const CT *)wv, shift, a, b,
+                    0.0, 0.0, (T *)gv, 0);
 }
 
 static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap,
@@ -396,8 +406,8 @@ static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, doubl
                                 int stream, void *gv)
 {
     (void)stream;
-    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv, shift, a, 0.0, bq,
-                    b0, (T *)gv, 1);
+    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, NULL, softcap, (const CT *)wv, shift, a, 0.0,
+                    bq, b0, (T *)gv, 1);
 }
 
 /* Soft targets' q sums over the first m <= VN elements: wq = w*q into vq, wq*y into vqy
@@ -453,7 +463,7 @@ static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, doub
 {
     const T *x = (const T *)xv, *q = (const T *)qv;
     const CT *w = (const CT *)wv;
-    CE_FN(ce_stats)(xv, n, softcap, wv, want_wsum, out);
+    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
     if (softcap > 0) {
         if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 1);
         else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 0);

@@ -8,9 +8,10 @@
 #define CE_CAT(a, b, c) CE_CAT_(a, b, c)
 #define CE_FN(op) CE_CAT(op, SUF, portable)
 
-static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const void *wv,
-                            int want_wsum, ce_stats *out)
+static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *next, double softcap,
+                            const void *wv, int want_wsum, ce_stats *out)
 {
+    (void)next; /* the portable path leaves prefetching to the hardware */
     const T *x = (const T *)xv;
     const C *w = (const C *)wv;
     const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
@@ -44,10 +45,12 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, double softcap, const voi
     out->wsum = ws;
 }
 
-static void CE_FN(ce_grad)(const void *xv, int64_t n, double softcap, const void *wv,
-                           double shift, double a, double b, int stream, void *gv)
+static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap,
+                           const void *wv, double shift, double a, double b, int stream,
+                           void *gv)
 {
-    (void)stream; /* the portable path leaves stores to the compiler */
+    (void)next;
+    (void)stream; /* the portable path leaves stores and prefetches to the compiler */
     const T *x = (const T *)xv;
     const C *w = (const C *)wv;
     T *g = (T *)gv;
@@ -78,7 +81,7 @@ static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, doub
 {
     const T *q = (const T *)qv;
     const C *w = (const C *)wv;
-    CE_FN(ce_stats)(xv, n, softcap, wv, want_wsum, out);
+    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
     /* The q sums are separate from the max/sum pass: they need no max and cost one more
      * read of a segment that is in L1/L2 already. */
     const T *x = (const T *)xv;

@@ -2,6 +2,7 @@
  * and cache sizes. The only mutable globals of the library live here: the active table and
  * the thread count, both set through atomics so concurrent callers always see a whole value. */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -75,6 +76,33 @@ static int64_t ce_sysconf_bytes(int name, int64_t fallback)
     return v > 0 ? (int64_t)v : fallback;
 }
 
+/* The size of cpu0's cache of the given level as Linux's sysfs reports it (one instance,
+ * e.g. "32768K"), or 0. Preferred over sysconf: glibc may report a level-3 size summed over
+ * every L3 of the package (384 MB on a 12-CCD EPYC whose cores each see 32 MB), which would
+ * keep the gradient out of streaming stores at sizes far beyond the core's cache. */
+static int64_t ce_sysfs_cache_bytes(int level)
+{
+    for (int index = 0; index < 8; index++) {
+        char path[96], buf[32];
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", index);
+        FILE *f = fopen(path, "r");
+        if (!f) return 0;
+        const int ok = fgets(buf, sizeof buf, f) != NULL;
+        fclose(f);
+        if (!ok || atoi(buf) != level) continue;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", index);
+        if (!(f = fopen(path, "r"))) return 0;
+        char *end = NULL;
+        long long v = 0;
+        if (fgets(buf, sizeof buf, f)) v = strtoll(buf, &end, 10);
+        fclose(f);
+        if (v > 0 && end && (*end == 'K' || *end == 'k')) v <<= 10;
+        else if (v > 0 && end && (*end == 'M' || *end == 'm')) v <<= 20;
+        return v > 0 ? (int64_t)v : 0;
+    }
+    return 0;
+}
+
 static void ce_init(void)
 {
     ce_cpu_has[FUSEDCE_ISA_PORTABLE] = 1;
@@ -99,9 +127,11 @@ static void ce_init(void)
     __atomic_store_n(&ce_active, ce_tables[chosen], __ATOMIC_RELEASE);
     const char *nt = getenv("FUSEDCE_NUM_THREADS");
     if (nt && *nt) __atomic_store_n(&ce_threads, atoi(nt) > 0 ? atoi(nt) : 0, __ATOMIC_RELAXED);
+    ce_l2 = ce_sysfs_cache_bytes(2);
+    ce_llc = ce_sysfs_cache_bytes(3);
 #ifdef _SC_LEVEL2_CACHE_SIZE
-    ce_l2 = ce_sysconf_bytes(_SC_LEVEL2_CACHE_SIZE, 1 << 20);
-    ce_llc = ce_sysconf_bytes(_SC_LEVEL3_CACHE_SIZE, 0);
+    if (ce_l2 <= 0) ce_l2 = ce_sysconf_bytes(_SC_LEVEL2_CACHE_SIZE, 1 << 20);
+    if (ce_llc <= 0) ce_llc = ce_sysconf_bytes(_SC_LEVEL3_CACHE_SIZE, 0);
 #endif
     if (ce_l2 <= 0) ce_l2 = 1 << 20;
     if (ce_llc <= 0) ce_llc = ce_l2 * 4;
@@ -117,6 +147,8 @@ const ce_isa_table *ce_active_table(void)
 
 int64_t ce_l2_bytes(void) { ce_ensure_init(); return ce_l2; }
 int64_t ce_llc_bytes(void) { ce_ensure_init(); return ce_llc; }
+long long fusedce_l2_bytes(void) { return (long long)ce_l2_bytes(); }
+long long fusedce_llc_bytes(void) { return (long long)ce_llc_bytes(); }
 
 int fusedce_detected_isa(void) { ce_ensure_init(); return ce_detected; }
 int fusedce_active_isa(void) { return ce_active_table()->isa; }

@@ -26,17 +26,24 @@ typedef struct ce_stats {
     double qysum; /* soft targets q: sum_j w_j*q_j*y_j */
 } ce_stats;
 
-/* Pass 1 over x[0..n): max, sum of exp, optionally the weighted sum of y. */
-typedef void (*ce_stats_fn)(const void *x, int64_t n, double softcap, const void *weight,
-                            int want_wsum, ce_stats *out);
+/* `next` (stats and grad): where the caller reads n more elements of x after this segment
+ * (the same segment of its next row), or NULL. SIMD primitives prefetch it while they compute
+ * from cache, so that the memory stream does not idle; a prefetch never faults.
+ *
+ * Pass 1 over x[0..n): max, sum of exp, optionally the weighted sum of y. */
+typedef void (*ce_stats_fn)(const void *x, int64_t n, const void *next, double softcap,
+                            const void *weight, int want_wsum, ce_stats *out);
 
 /* Pass 2: g_j = (a * exp(y_j - shift) - b * w_j) * (softcap > 0 ? 1 - (y_j/softcap)^2 : 1)
  * with w_j = weight ? weight[j] : 1. `shift` is exactly representable in the compute type
  * (the driver passes the row max, or the lse rounded, and folds the rest into a), so
  * y_j - shift loses nothing. g may equal x (in place). stream != 0 asks for non-temporal
- * stores (the gradient is larger than the last-level cache). */
-typedef void (*ce_grad_fn)(const void *x, int64_t n, double softcap, const void *weight,
-                           double shift, double a, double b, int stream, void *g);
+ * stores (the gradient is larger than the last-level cache); they are weakly ordered, and the
+ * caller issues one ce_stream_fence() after its last streamed row (a fence per row stalls
+ * short rows on the write-combining buffers). */
+typedef void (*ce_grad_fn)(const void *x, int64_t n, const void *next, double softcap,
+                           const void *weight, double shift, double a, double b, int stream,
+                           void *g);
 
 /* log_softmax: out_j = (x_j - shift) - c; out may equal x. */
 typedef void (*ce_shift_fn)(const void *x, int64_t n, double shift, double c, void *out);
@@ -104,6 +111,19 @@ static inline void ce_merge(double *m, double *s, double m2, double s2)
         *s += s2 * exp(m2 - *m);
     }
 }
+
+/* Prefetch [p, p + bytes) (bytes a constant) for reading: locality 3 into L1 (the next block
+ * of a row), 2 into L2 (the next row). Lines shorter than a vector get a prefetch per vector;
+ * a repeated prefetch of a line already in flight costs next to nothing. */
+#define CE_PREFETCH(p, bytes, locality)                                                       \
+    do {                                                                                      \
+        for (int ce_pf_b = 0; ce_pf_b < (int)(bytes); ce_pf_b += 64)                          \
+            __builtin_prefetch((const char *)(p) + ce_pf_b, 0, (locality));                   \
+    } while (0)
+
+/* Orders this thread's streamed (non-temporal) stores before what follows: a full fence,
+ * which on x86 also drains the write-combining buffers. */
+static inline void ce_stream_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 /* The active table (dispatch.c); never NULL after the first call. */
 const ce_isa_table *ce_active_table(void);

@@ -122,6 +122,12 @@ int fusedce_get_num_threads(void);
 void fusedce_set_num_threads(int n);        /* n <= 0: all cores */
 int fusedce_max_threads(void);              /* what the runtime offers (cores) */
 
+/* The per-core L2 and the last-level cache (one instance) in bytes, as the kernels use them:
+ * rows larger than half the L2 are split over threads; gradients larger than the LLC are
+ * written with streaming stores. */
+long long fusedce_l2_bytes(void);
+long long fusedce_llc_bytes(void);
+
 #ifdef __cplusplus
 }
 #endif

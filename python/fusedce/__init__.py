@@ -44,13 +44,18 @@ __all__ = [
 
 
 def cpu_info():
-    """The CPU backend's state: detected and active ISA, available ISAs, threads."""
+    """The CPU backend's state: detected and active ISA, available ISAs, threads, and the cache
+    sizes the kernels plan with (rows over half the L2 are split over threads; gradients over
+    the last-level cache are written with streaming stores)."""
     from . import _cpu
 
+    l2, llc = _cpu.cache_bytes()
     return {
         "detected_isa": _cpu.detected_isa(),
         "active_isa": _cpu.active_isa(),
         "available_isas": _cpu.available_isas(),
         "num_threads": _cpu.get_num_threads(),
         "max_threads": _cpu.max_threads(),
+        "l2_bytes": l2,
+        "llc_bytes": llc,
     }

@@ -199,3 +199,8 @@ def get_num_threads():
 
 def max_threads():
     return lib.fusedce_max_threads()
+
+
+def cache_bytes():
+    """(L2 per core, last-level cache) in bytes, as the kernels' split and streaming use them."""
+    return int(lib.fusedce_l2_bytes()), int(lib.fusedce_llc_bytes())

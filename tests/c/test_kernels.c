@@ -281,8 +281,8 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     ce_stats got, port;
     memset(&got, 0, sizeof got);
     memset(&port, 0, sizeof port);
-    isa->table->k[dt].stats(xb.p, n, softcap, w, want_wsum, &got);
-    ce_table_portable.k[dt].stats(xb.p, n, softcap, w, want_wsum, &port);
+    isa->table->k[dt].stats(xb.p, n, xb.p, softcap, w, want_wsum, &got);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, &port);
     const oracle_stats o = stats_oracle(dt, xb.p, n, softcap, w);
     const double eps = compute_eps(dt);
 
@@ -343,14 +343,15 @@ static void test_grad_case(const isa_entry *isa, int dt, int64_t n, double softc
 
     /* shift: the row max rounded to the compute type, as the driver passes it */
     ce_stats st;
-    ce_table_portable.k[dt].stats(xb.p, n, softcap, NULL, 0, &st);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, &st);
     double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
     shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
     const double a = rng_uniform(0.1, 2.0), b = rng_uniform(-1.0, 1.0);
 
-    isa->table->k[dt].grad(xb.p, n, softcap, w, shift, a, b, stream, gb.p);
+    isa->table->k[dt].grad(xb.p, n, xb.p, softcap, w, shift, a, b, stream, gb.p);
     memcpy(ib.p, xb.p, (size_t)n * es);
-    isa->table->k[dt].grad(ib.p, n, softcap, w, shift, a, b, stream, ib.p);
+    isa->table->k[dt].grad(ib.p, n, NULL, softcap, w, shift, a, b, stream, ib.p);
+    ce_stream_fence(); /* the caller's fence after streamed rows (kernels.h) */
 
     char what[200];
     snprintf(what, sizeof what, "%s grad %s n=%lld cap=%g w=%d stream=%d off=%zu special=%s",
@@ -536,7 +537,7 @@ static void test_grad_soft_case(const isa_entry *isa, int dt, int64_t n, double 
     const void *w = weighted ? wb.p : NULL;
 
     ce_stats st;
-    ce_table_portable.k[dt].stats(xb.p, n, softcap, NULL, 0, &st);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, &st);
     double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
     shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
     const double a = rng_uniform(0.1, 2.0), bq = rng_uniform(-1.5, 1.5);
@@ -546,6 +547,7 @@ static void test_grad_soft_case(const isa_entry *isa, int dt, int64_t n, double 
     ce_table_portable.k[dt].grad_soft(xb.p, qb.p, n, softcap, w, shift, a, bq, b0, stream, pb.p);
     memcpy(ib.p, xb.p, (size_t)n * es);
     isa->table->k[dt].grad_soft(ib.p, qb.p, n, softcap, w, shift, a, bq, b0, stream, ib.p);
+    ce_stream_fence();
 
     char what[200];
     snprintf(what, sizeof what, "%s grad_soft %s n=%lld cap=%g w=%d stream=%d off=%zu special=%s",
@@ -867,10 +869,10 @@ static void test_tanh(const isa_entry *isa, int exhaustive)
                                       : rng_logspaced(-36, 4);
         const float xf = (float)x;
         ce_stats s;
-        isa->table->k[FUSEDCE_F32].stats(&xf, 1, 1.0, NULL, 1, &s);
+        isa->table->k[FUSEDCE_F32].stats(&xf, 1, NULL, 1.0, NULL, 1, &s);
         const double ref32 = tanh((double)xf), err32 = fabs(s.wsum - ref32) / ulp_f32(ref32);
         if (err32 > worst32) worst32 = err32, wx32 = xf;
-        isa->table->k[FUSEDCE_F64].stats(&x, 1, 1.0, NULL, 1, &s);
+        isa->table->k[FUSEDCE_F64].stats(&x, 1, NULL, 1.0, NULL, 1, &s);
         const long double ref64 = tanhl((long double)x);
         const double err64 = (double)(fabsl((long double)s.wsum - ref64) / ulp_f64(ref64));
         if (err64 > worst64) worst64 = err64, wx64 = x;
@@ -883,7 +885,7 @@ static void test_tanh(const isa_entry *isa, int exhaustive)
               "%s tanh max ULP %.3f / %.3f > 2", isa->name, worst32, worst64);
     float inf_in[2] = {INFINITY, -INFINITY};
     ce_stats s;
-    isa->table->k[FUSEDCE_F32].stats(inf_in, 2, 3.0, NULL, 1, &s);
+    isa->table->k[FUSEDCE_F32].stats(inf_in, 2, NULL, 3.0, NULL, 1, &s);
     check(s.max == 3.0 && s.wsum == 0.0, "%s softcap of +-inf: max %g wsum %g", isa->name, s.max,
           s.wsum);
 }
