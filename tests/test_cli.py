@@ -7,6 +7,7 @@ Everything runs in-process through main([...]) on tiny shapes; one subprocess ch
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +91,41 @@ def test_bench_json_schema(capsys, tmp_path):
     assert fusedce.get_num_threads() == threads_before  # --threads lasts for the run only
 
 
+def test_bench_probability_targets_and_bce(capsys, tmp_path):
+    """--loss: every op of each loss is checked against the float64 reference and timed;
+    BCE has no separate backward and says so."""
+    path = tmp_path / "bench.json"
+    rc, out, _ = bench(capsys, *TINY, "--loss", "all", "--op", "all", "--backend", "cpu",
+                       "--backend", "reference", "--json", str(path))
+    assert rc == 0
+    assert "skipped bce backward: no separate entry point" in out
+    rows = json.loads(path.read_text())["rows"]
+    cpu = f"cpu/{_cpu.active_isa()}"
+    got = {(r["loss"], r["op"]) for r in rows if r["backend"] == cpu}
+    assert got == {(loss, op) for loss in ("ce", "soft") for op in _bench.OPS} | {("bce", "forward"), ("bce", "fused")}
+    for row in rows:
+        if row["backend"] == cpu:
+            assert row["max_error"] <= 2e-6 and row["vs_reference"] > 0
+    soft_fused = next(r for r in rows if r["backend"] == cpu and (r["loss"], r["op"]) == ("soft", "fused"))
+    assert soft_fused["bytes"] == 3 * 8000 * 4  # logits and targets read, gradient written
+    assert "soft fused" in out and "bce forward" in out
+
+
+def test_wrong_bce_result_stops_the_run(capsys, monkeypatch):
+    real = _cpu.binary_cross_entropy
+
+    def off_by_one_percent(call, **kwargs):
+        result = real(call, **kwargs)
+        if call.grad is not None:
+            call.grad *= 1.01
+        return result
+
+    monkeypatch.setattr(_cpu, "binary_cross_entropy", off_by_one_percent)
+    rc, _, err = bench(capsys, *TINY, "--backend", "cpu", "--loss", "bce")
+    assert rc == 1
+    assert f"cpu/{_cpu.active_isa()} fused 8x1000 float32 bce" in err and "gradient" in err
+
+
 def test_bench_plot_written(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "perf.png"
@@ -165,10 +201,33 @@ def test_info(capsys):
     out = capsys.readouterr().out
     info = fusedce.cpu_info()
     assert fusedce.__version__ in out
-    for label in ("build:", "compiler:", "available ISAs:", "threads:", "cuda:", "torch:"):
+    for label in ("build:", "compiler:", "available ISAs:", "threads:", "caches:", "cuda:", "torch:"):
         assert label in out
     assert f"active {info['active_isa']}" in out
     assert ", ".join(info["available_isas"]) in out
+
+
+def _sysfs_cache_bytes(level):
+    """cpu0's cache of a level from Linux's sysfs, read independently of the C code, or None."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if int((index / "level").read_text()) == level:
+                size = (index / "size").read_text().strip()
+                return int(size[:-1]) << {"K": 10, "M": 20}[size[-1]]
+        except (OSError, ValueError, KeyError):
+            return None
+    return None
+
+
+def test_cpu_info_cache_sizes():
+    """The sizes behind the split and streaming decisions: one cache instance (sysfs), not
+    glibc's sum over every L3 of the package."""
+    info = fusedce.cpu_info()
+    assert 0 < info["l2_bytes"] <= info["llc_bytes"]
+    for level, key in ((2, "l2_bytes"), (3, "llc_bytes")):
+        expected = _sysfs_cache_bytes(level)
+        if expected is not None:
+            assert info[key] == expected
 
 
 def test_python_dash_m_runs_plain_output():
@@ -184,6 +243,11 @@ def test_bytes_counted_per_op():
     assert case.bytes_moved("forward") == 4096 * 32000 * 4
     assert case.bytes_moved("fused") == case.bytes_moved("backward") == case.bytes_moved("copy") == 2 * 4096 * 32000 * 4
     assert _bench.Case(2, 3, "float64").bytes_moved("forward") == 2 * 3 * 8
+    for loss in ("soft", "bce"):  # their logits-sized targets are read too
+        case = _bench.Case(4096, 32000, "float32", loss)
+        assert case.bytes_moved("forward") == 2 * 4096 * 32000 * 4
+        assert case.bytes_moved("fused") == 3 * 4096 * 32000 * 4
+        assert case.bytes_moved("copy") == 2 * 4096 * 32000 * 4
 
 
 def test_tolerance_check_catches_nan():

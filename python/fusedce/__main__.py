@@ -2,6 +2,7 @@
 
     fusedce bench                      check, then time every backend on the default grid
     fusedce bench --shape 4096x32000 --isa all --op all --json out.json --plot out.png
+    fusedce bench --loss soft --loss bce   probability targets and binary cross-entropy
     fusedce check                      correctness only: every ISA, every dtype, small shapes
     fusedce info                       version, build, ISAs, threads, CUDA, torch
 
@@ -59,6 +60,9 @@ def build_parser():
     bench.add_argument("--op", action="append", choices=_bench.OPS + ("all",),
                        help="forward, backward (given lse), fused forward+backward; repeatable "
                             "(default: " + ", ".join(_bench.DEFAULT_OPS) + ")")
+    bench.add_argument("--loss", action="append", choices=_bench.LOSSES + ("all",),
+                       help="ce: class targets, soft: probability targets, bce: binary cross-entropy "
+                            "with logits; repeatable (default: " + ", ".join(_bench.DEFAULT_LOSSES) + ")")
     bench.add_argument("--isa", action="append", choices=ISA_NAMES + ("all",),
                        help="run the cpu backend once per ISA named, repeatable; all = every "
                             "available one (default: the active ISA)")
@@ -87,6 +91,7 @@ def _bench_command(args):
         dtypes=_expand_all(args.dtype, _bench.DTYPES, _bench.DEFAULT_DTYPES),
         backends=_expand_all(args.backend, _bench.BACKENDS, _bench.BACKENDS),
         ops=_expand_all(args.op, _bench.OPS, _bench.DEFAULT_OPS),
+        losses=_expand_all(args.loss, _bench.LOSSES, _bench.DEFAULT_LOSSES),
         isas=args.isa, threads=args.threads, repeat=args.repeat)
     report = _bench.run(config, show_progress=sys.stdout.isatty())
     _bench.print_report(report)
@@ -102,7 +107,7 @@ def _bench_command(args):
 def _check_command(args):
     dtypes = [name for name in _bench.DTYPES if name != "bfloat16" or _bench.numpy_dtype_available(name)]
     config = _bench.BenchConfig(shapes=list(_bench.CHECK_SHAPES), dtypes=dtypes, backends=["cpu", "cuda"],
-                                ops=list(_bench.OPS), isas=["all"], threads=args.threads, timed=False)
+                                ops=list(_bench.OPS), losses=list(_bench.LOSSES), isas=["all"], threads=args.threads, timed=False)
     report = _bench.run(config, show_progress=sys.stdout.isatty())
     for line in _bench.check_summary(report):
         print(line)

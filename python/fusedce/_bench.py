@@ -1,6 +1,8 @@
 """The engine behind ``python -m fusedce bench|check`` and the pytest-benchmark suites in bench/.
 
-A case is (batch, classes, dtype). Per case: the float64 reference result is computed once
+A case is (batch, classes, dtype, loss); the loss is categorical cross-entropy with class
+targets (ce, the default), with probability targets of the logits' shape (soft), or binary
+cross-entropy with logits (bce, a target probability per element). Per case: the float64 reference result is computed once
 (the oracle); every chosen backend and operation is run once and checked against it (a wrong
 result stops everything); the oracle is dropped; then every (backend, op) and a plain copy of
 the logits are timed, each as a warm-up then `repeat` consecutive calls, of which the median is
@@ -10,6 +12,7 @@ still spinning, runs several times slower at small shapes.)
 Bytes counted are the ones an operation cannot avoid: forward reads the logits once
 (B*K*itemsize), backward (given lse) and fused forward+backward read them once and write the
 gradient once (2*B*K*itemsize); the copy yardstick reads and writes once (2*B*K*itemsize).
+The soft and bce losses also read their logits-sized target once (B*K*itemsize more).
 """
 
 from __future__ import annotations
@@ -35,11 +38,15 @@ from fusedce._tolerances import GRAD_RTOL, LOSS_RTOL  # the tests judge with the
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 OPS = ("forward", "backward", "fused")
+LOSSES = ("ce", "soft", "bce")
+# BCE has no separate backward entry point: its fused call is what a backward computes.
+LOSS_OPS = {"ce": OPS, "soft": OPS, "bce": ("forward", "fused")}
 BACKENDS = ("cpu", "cuda", "reference", "torch")
 
 DEFAULT_SHAPES = ((4096, 32000), (8192, 1024), (64, 131072))
 DEFAULT_DTYPES = ("float32",)
 DEFAULT_OPS = ("fused",)
+DEFAULT_LOSSES = ("ce",)
 DEFAULT_REPEAT = 5
 # Small, awkward sizes (K not a multiple of any vector width, one huge row split over threads).
 CHECK_SHAPES = ((64, 1000), (7, 4097), (2, 262144), (33, 3))
@@ -51,6 +58,10 @@ REDUCTION = "sum"
 # A loss handed back in a half format (torch's) carries that format's rounding of each row's
 # log-softmax and of their sum: a few units of its roundoff.
 HALF_LOSS_RTOL = {"float16": 4 * 2.0**-11, "bfloat16": 4 * 2.0**-8}
+HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895e38}
+# A gradient computed in half precision throughout (torch's, with probability targets) is
+# further off than fusedce's single rounding: the check only makes sure it is the same function.
+HALF_COMPUTED_GRAD_RTOL = {"float16": 8 * 2.0**-11, "bfloat16": 8 * 2.0**-8}
 
 # Passes over the B*K*itemsize bytes of the logits (or of the gradient) each op must make.
 MEMORY_PASSES = {"forward": 1, "backward": 2, "fused": 2, "copy": 2}
@@ -78,6 +89,7 @@ class Case:
     batch: int
     classes: int
     dtype: str
+    loss: str = "ce"
 
     @property
     def shape(self):
@@ -89,10 +101,11 @@ class Case:
 
     @property
     def label(self):
-        return f"{self.batch}x{self.classes} {self.dtype}"
+        return f"{self.batch}x{self.classes} {self.dtype}" + ("" if self.loss == "ce" else f" {self.loss}")
 
     def bytes_moved(self, op):
-        return MEMORY_PASSES[op] * self.elements * numpy_dtype(self.dtype).itemsize
+        target_pass = op != "copy" and self.loss != "ce"  # the logits-sized target, read once
+        return (MEMORY_PASSES[op] + target_pass) * self.elements * numpy_dtype(self.dtype).itemsize
 
 
 def parse_shape(text):
@@ -122,14 +135,20 @@ def numpy_dtype_available(name):
 
 
 def make_inputs(case, seed=0):
-    """Logits uniform in [-6, 6) (so the loss is about ln K + 5) and uniform targets."""
+    """Logits uniform in [-6, 6) (so the loss is about ln K + 5) and targets: uniform classes
+    (ce), rows of uniform draws normalised to sum 1 (soft), uniform probabilities (bce); the
+    soft and bce targets in the logits' dtype."""
     rng = np.random.default_rng(seed)
     x = rng.random(case.shape, dtype=np.float32)  # float32 draws: 3x faster than normals
     x *= 12.0
     x -= 6.0
     logits = x if case.dtype == "float32" else x.astype(numpy_dtype(case.dtype))
-    target = rng.integers(0, case.classes, size=case.batch, dtype=np.int64)
-    return logits, target
+    if case.loss == "ce":
+        return logits, rng.integers(0, case.classes, size=case.batch, dtype=np.int64)
+    t = rng.random(case.shape, dtype=np.float32)
+    if case.loss == "soft":
+        t /= t.sum(axis=1, keepdims=True)
+    return logits, t if case.dtype == "float32" else t.astype(numpy_dtype(case.dtype))
 
 
 # --------------------------------------------------------------------------- correctness
@@ -141,6 +160,7 @@ class Outcome:
 
     loss: float | None = None
     loss_dtype: str = "float64"  # what the backend returned the loss in (torch: the logits')
+    grad_computed_in_half: bool = False  # torch: its half-precision kernels compute in half
     lse: np.ndarray | None = None
     grad: np.ndarray | None = None
 
@@ -149,10 +169,14 @@ class Oracle:
     """The float64 reference's loss and gradient; its lse only when a forward is checked
     (another full float64 pass: seconds at the big shapes)."""
 
-    def __init__(self, logits, target):
+    def __init__(self, logits, target, loss="ce"):
         self._logits = logits
-        loss, self.grad = reference.cross_entropy_with_grad(logits, target, reduction=REDUCTION)
-        self.loss = float(loss)
+        if loss == "bce":
+            value, self.grad = reference.binary_cross_entropy_with_logits_with_grad(logits, target,
+                                                                                  reduction=REDUCTION)
+        else:
+            value, self.grad = reference.cross_entropy_with_grad(logits, target, reduction=REDUCTION)
+        self.loss = float(value)
 
     @functools.cached_property
     def lse(self):
@@ -174,7 +198,10 @@ def _max_abs_diff(got, ref):
 def result_errors(outcome, oracle, dtype):
     """{part: (normalised max error, tolerance)} for the parts the outcome has."""
     errors = {}
-    if outcome.loss is not None:
+    # A loss beyond the format it is returned in (torch's float16 sum of a big BCE is inf)
+    # cannot be compared; the gradient still is.
+    beyond_format = abs(oracle.loss) > HALF_MAX.get(outcome.loss_dtype, np.inf)
+    if outcome.loss is not None and not beyond_format:
         rtol = HALF_LOSS_RTOL.get(outcome.loss_dtype, LOSS_RTOL[dtype])
         err = abs(outcome.loss - oracle.loss) / max(abs(oracle.loss), 1.0)
         errors["loss"] = (err if np.isfinite(err) else float("inf"), rtol)
@@ -186,7 +213,8 @@ def result_errors(outcome, oracle, dtype):
             errors["grad"] = (float("inf"), GRAD_RTOL[dtype])
         else:
             scale = float(np.abs(oracle.grad).max(initial=0.0)) or 1.0  # K = 1: the gradient is 0
-            errors["grad"] = (_max_abs_diff(outcome.grad, oracle.grad) / scale, GRAD_RTOL[dtype])
+            rtol = HALF_COMPUTED_GRAD_RTOL[dtype] if outcome.grad_computed_in_half else GRAD_RTOL[dtype]
+            errors["grad"] = (_max_abs_diff(outcome.grad, oracle.grad) / scale, rtol)
     return errors
 
 
@@ -220,8 +248,8 @@ class ApiRunner:
 
     device = "host"
 
-    def __init__(self, api, logits, target):
-        self.api, self.x, self.t = api, logits, target
+    def __init__(self, api, logits, target, loss="ce"):
+        self.api, self.x, self.t, self.loss = api, logits, target, loss
         self.grad_out = self._empty_like(logits)
         self._lse = None
 
@@ -242,12 +270,17 @@ class ApiRunner:
         return self._lse
 
     def forward(self):
+        if self.loss == "bce":
+            return self.api.binary_cross_entropy_with_logits(self.x, self.t, reduction=REDUCTION), None
         return self.api.cross_entropy_forward(self.x, self.t, reduction=REDUCTION)
 
     def backward(self):
         return self.api.cross_entropy_backward(self.x, self.t, self.lse, reduction=REDUCTION, out=self.grad_out)
 
     def fused(self):
+        if self.loss == "bce":
+            return self.api.binary_cross_entropy_with_logits_with_grad(self.x, self.t, reduction=REDUCTION,
+                                                                       out=self.grad_out)
         return self.api.cross_entropy_with_grad(self.x, self.t, reduction=REDUCTION, out=self.grad_out)
 
     def outcome(self, op, result):
@@ -264,13 +297,13 @@ class CudaRunner(ApiRunner):
 
     device = "cuda"
 
-    def __init__(self, logits, target):
+    def __init__(self, logits, target, loss="ce"):
         from numba import cuda
 
         from fusedce import _cuda
 
         self._cuda = cuda
-        super().__init__(_cuda, cuda.to_device(logits), cuda.to_device(target))
+        super().__init__(_cuda, cuda.to_device(logits), cuda.to_device(target), loss)
 
     def _empty_like(self, arr):
         return self._cuda.device_array_like(arr)
@@ -283,26 +316,31 @@ class CudaRunner(ApiRunner):
 
 
 class TorchRunner:
-    """torch.nn.functional.cross_entropy on CPU tensors sharing the NumPy memory, default
-    threads. forward: no autograd; backward: autograd's backward of a kept graph (reads the
-    saved log-softmax, writes the gradient); fused: forward + backward through autograd."""
+    """torch.nn.functional.cross_entropy (binary_cross_entropy_with_logits for bce) on CPU
+    tensors sharing the NumPy memory, default threads. forward: no autograd; backward:
+    autograd's backward of a kept graph (reads the saved log-softmax, writes the gradient);
+    fused: forward + backward through autograd."""
 
     device = "host"
 
-    def __init__(self, logits, target):
+    def __init__(self, logits, target, loss="ce"):
         import torch
 
         self._torch = torch
-        if logits.dtype.name == "bfloat16":  # torch.from_numpy does not know ml_dtypes
-            self.x = torch.from_numpy(logits.view(np.uint16)).view(torch.bfloat16)
-        else:
-            self.x = torch.from_numpy(logits)
-        self.t = torch.from_numpy(target)
+        self.x, self.t, self.loss = self._tensor(logits), self._tensor(target), loss
         self.leaf = self.x.detach().requires_grad_()
         self._graph = None
 
+    def _tensor(self, arr):
+        if arr.dtype.name == "bfloat16":  # torch.from_numpy does not know ml_dtypes
+            return self._torch.from_numpy(arr.view(np.uint16)).view(self._torch.bfloat16)
+        return self._torch.from_numpy(arr)
+
     def _loss(self, x):
-        return self._torch.nn.functional.cross_entropy(x, self.t, reduction=REDUCTION)
+        functional = self._torch.nn.functional
+        if self.loss == "bce":
+            return functional.binary_cross_entropy_with_logits(x, self.t, reduction=REDUCTION)
+        return functional.cross_entropy(x, self.t, reduction=REDUCTION)
 
     def sync(self):
         pass
@@ -328,6 +366,7 @@ class TorchRunner:
         loss, _, grad = _unpack(op, result)
         return Outcome(loss=None if loss is None else float(loss),
                        loss_dtype=None if loss is None else str(loss.dtype).removeprefix("torch."),
+                       grad_computed_in_half=self.x.dtype in (self._torch.float16, self._torch.bfloat16),
                        grad=None if grad is None else grad.to(self._torch.float64).numpy())
 
 
@@ -377,7 +416,7 @@ class BackendSpec:
     label: str
     device: str
     dtypes: tuple
-    open: Callable  # (logits, target) -> runner
+    open: Callable  # (logits, target, loss) -> runner
     isa: str | None = None
 
     @contextlib.contextmanager
@@ -462,12 +501,12 @@ def resolve_backends(kinds, isas):
     return specs, unavailable
 
 
-def _open_cpu(logits, target):
-    return ApiRunner(fusedce, logits, target)
+def _open_cpu(logits, target, loss):
+    return ApiRunner(fusedce, logits, target, loss)
 
 
-def _open_reference(logits, target):
-    return ApiRunner(reference, logits, target)
+def _open_reference(logits, target, loss):
+    return ApiRunner(reference, logits, target, loss)
 
 
 # --------------------------------------------------------------------------- results
@@ -512,7 +551,7 @@ class Row:
     def as_dict(self):
         return {
             "shape": list(self.case.shape), "batch": self.case.batch, "classes": self.case.classes,
-            "dtype": self.case.dtype, "backend": self.backend, "op": self.op, "device": self.device,
+            "dtype": self.case.dtype, "loss": self.case.loss, "backend": self.backend, "op": self.op, "device": self.device,
             "elements": self.case.elements, "bytes": self.bytes, "times_s": list(self.times_s),
             "median_s": self.median_s, "gelem_per_s": self.gelem_per_s, "gb_per_s": self.gb_per_s,
             "pct_copy": self.pct_copy, "vs_reference": self.vs_reference, "vs_torch": self.vs_torch,
@@ -528,6 +567,7 @@ class BenchConfig:
     dtypes: list = dataclasses.field(default_factory=lambda: list(DEFAULT_DTYPES))
     backends: list = dataclasses.field(default_factory=lambda: list(BACKENDS))
     ops: list = dataclasses.field(default_factory=lambda: list(DEFAULT_OPS))
+    losses: list = dataclasses.field(default_factory=lambda: list(DEFAULT_LOSSES))
     isas: list | None = None  # None: the active ISA; ["all"]: every available one
     threads: int | None = None  # fusedce's CPU threads; None: as set (all cores)
     repeat: int = DEFAULT_REPEAT
@@ -637,15 +677,21 @@ def _plan(config, specs):
             skipped += [f"{spec.label} {dtype}: not supported by this backend"
                         for spec in specs if dtype not in spec.dtypes]
             if runs:
-                plan.append((Case(batch, classes, dtype), runs))
+                plan += [(Case(batch, classes, dtype, loss), runs) for loss in config.losses]
+    skipped += [f"{loss} {op}: no separate entry point (the fused call computes it)"
+                for loss in config.losses for op in config.ops if op not in LOSS_OPS[loss]]
     return plan, list(dict.fromkeys(skipped))
+
+
+def _case_ops(case, ops):
+    return [op for op in ops if op in LOSS_OPS[case.loss]]
 
 
 def _steps(plan, config):
     """How many progress steps the run takes: one per check, one per timed call."""
     steps = 0
-    for _, specs in plan:
-        pairs = len(specs) * len(config.ops)
+    for case, specs in plan:
+        pairs = len(specs) * len(_case_ops(case, config.ops))
         devices = len({spec.device for spec in specs})
         steps += pairs + (config.repeat + 1) * (pairs + devices) * config.timed
     return steps
@@ -676,8 +722,8 @@ class _Timed:
 
 def _run_case(case, specs, config, progress):
     logits, target = make_inputs(case, config.seed)
-    runners = [(spec, spec.open(logits, target)) for spec in specs]
-    timed = _check_case(case, logits, target, runners, config.ops, progress)
+    runners = [(spec, spec.open(logits, target, case.loss)) for spec in specs]
+    timed = _check_case(case, logits, target, runners, _case_ops(case, config.ops), progress)
     if config.timed:
         for device in dict.fromkeys(spec.device for spec in specs):
             stick = YARDSTICKS[device](logits)
@@ -692,7 +738,7 @@ def _check_case(case, logits, target, runners, ops, progress):
     """Run every (backend, op) once against the oracle (the oracle is freed on return).
     A call that took SLOW_CALL_S or more counts as its own warm-up."""
     progress.describe(f"reference (oracle) {case.label}")
-    oracle = Oracle(logits, target)
+    oracle = Oracle(logits, target, case.loss)
     checked = []
     for spec, runner in runners:
         for op in ops:
@@ -825,6 +871,7 @@ def environment():
         "cpu": {"detected_isa": _cpu.detected_isa(), "active_isa": _cpu.active_isa(),
                 "available_isas": _cpu.available_isas(), "threads": fusedce.get_num_threads(),
                 "max_threads": _cpu.max_threads(),
+                "l2_bytes": _cpu.cache_bytes()[0], "llc_bytes": _cpu.cache_bytes()[1],
                 "torch_threads": torch.get_num_threads() if torch is not None else None},
         "cuda": _cuda_environment(),
     }
@@ -844,7 +891,8 @@ def _fmt(value, spec, suffix=""):
 
 def table_cells(row):
     case = row.case
-    return [f"{case.batch}x{case.classes}", case.dtype, row.backend, row.op,
+    op = row.op if case.loss == "ce" or row.op == "copy" else f"{case.loss} {row.op}"
+    return [f"{case.batch}x{case.classes}", case.dtype, row.backend, op,
             _fmt(row.median_s and row.median_s * 1e3, ".3g"), _fmt(row.gelem_per_s, ".3g"),
             _fmt(row.gb_per_s, ".3g"), _fmt(row.pct_copy, ".0f"), _fmt(row.vs_reference, ".2f", "x"),
             _fmt(row.vs_torch, ".2f", "x"), _fmt(row.max_error, ".1e")]
@@ -933,6 +981,8 @@ def info_lines(env):
         ("ISA", f"detected {cpu['detected_isa']}, active {cpu['active_isa']}"),
         ("available ISAs", ", ".join(cpu["available_isas"])),
         ("threads", f"{cpu['threads']} (max {cpu['max_threads']})"),
+        ("caches", f"L2 {cpu['l2_bytes'] >> 10} KiB per core, last level {cpu['llc_bytes'] >> 20} MiB "
+                   "(rows over L2/2 split across threads; gradients over the LLC streamed)"),
         ("cuda", f"available: {cuda['device']}" if cuda["available"] else f"unavailable ({cuda['reason']})"),
         ("numba", f"{versions['numba'] or 'not installed'}, numba-cuda {versions['numba_cuda'] or 'not installed'}"),
         ("torch", versions["torch"] or "not installed"),
@@ -970,17 +1020,17 @@ def plot(report, path):
     for ax, op in zip(axes, ops):
         series = {}
         for row in report.rows:
-            if row.times_s and row.op in (op, "copy"):
-                series.setdefault((row.backend, row.case.dtype, row.op), []).append(row)
-        for (backend, dtype, kind), rows in sorted(series.items()):
+            if row.times_s and row.op in (op, "copy") and op in LOSS_OPS[row.case.loss]:
+                series.setdefault((row.backend, row.case.dtype, row.case.loss, row.op), []).append(row)
+        for (backend, dtype, loss, kind), rows in sorted(series.items()):
             rows.sort(key=lambda r: (r.case.classes, r.case.batch))
             ks = [r.case.classes for r in rows]
+            name = f"{backend} {dtype}" + ("" if loss == "ce" else f" {loss}")
             if kind == "copy":  # bytes/s -> elements/s at this op's traffic per element
-                per_element = MEMORY_PASSES[op] * numpy_dtype(dtype).itemsize
-                ys = [r.gb_per_s / per_element for r in rows]
-                ax.plot(ks, ys, "k--", lw=1.2, label=f"{backend} roofline ({dtype})")
+                ys = [r.gb_per_s * r.case.elements / r.case.bytes_moved(op) for r in rows]
+                ax.plot(ks, ys, "k--", lw=1.2, label=f"{name} roofline")
             else:
-                ax.plot(ks, [r.gelem_per_s for r in rows], "o-", label=f"{backend} {dtype}")
+                ax.plot(ks, [r.gelem_per_s for r in rows], "o-", label=name)
         ax.set(xscale="log", yscale="log", xlabel="K (classes)", ylabel="G elements / s", title=op)
         ax.yaxis.set_major_formatter(plain_numbers)
         ax.yaxis.set_minor_formatter(sparse_numbers)
