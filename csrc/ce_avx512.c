@@ -220,53 +220,42 @@ const ce_isa_table ce_table_avx512 = {
 /* First m lanes (m <= VN). */
 #define CE_LANES(m) ((MT)((1u << (m)) - 1u))
 
-/* One full vector of pass A: y = cap(x) kept in ybuf, folded into the max and the sum of
- * y / w*y (wsum_mode 1/2). */
-CE_ALWAYS_INLINE void CE_FN(pass_a)(const T *x, const CT *w, CT *ybuf, VT cap, VT inv_cap,
-                                     VT *vmax, VT *vws, const int capped, const int wsum_mode)
+/* One full vector of pass A: y = cap(x) kept in ybuf and folded into the max. */
+CE_ALWAYS_INLINE void CE_FN(pass_a)(const T *x, CT *ybuf, VT cap, VT inv_cap, VT *vmax,
+                                     const int capped)
 {
     VT y = LD(x);
     if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
     VOP(store)(ybuf, y);
     *vmax = VOP(max)(y, *vmax); /* second operand wins on NaN: NaNs are skipped */
-    if (wsum_mode == 1) *vws = VOP(add)(*vws, y);
-    if (wsum_mode == 2) *vws = VOP(fmadd)(LDC(w), y, *vws);
 }
 
 /* Pass A over one block: y into ybuf (-inf past nb, up to a multiple of 4*VN, so pass B
- * needs no tail), the block max, and the sum of y / w*y. Two chains of max and sum hide
- * their latency. */
-CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, const CT *w, int nb, CT *ybuf, VT cap,
-                                      VT inv_cap, const int capped, const int wsum_mode,
-                                      double *wsum)
+ * needs no tail), and the block max. Two chains of max hide its latency. */
+CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, int nb, CT *ybuf, VT cap, VT inv_cap,
+                                      const int capped)
 {
     const VT neg_inf = VOP(set1)((CT)-INFINITY);
-    VT vmax0 = neg_inf, vmax1 = neg_inf, vws0 = VOP(setzero)(), vws1 = vws0;
+    VT vmax0 = neg_inf, vmax1 = neg_inf;
     int j = 0;
-#define CE_WA(j) (wsum_mode == 2 ? w + (j) : w) /* no arithmetic on a NULL w */
     for (; j + 2 * VN <= nb; j += 2 * VN) {
-        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
-        CE_FN(pass_a)(x + j + VN, CE_WA(j + VN), ybuf + j + VN, cap, inv_cap, &vmax1, &vws1,
-                      capped, wsum_mode);
+        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
+        CE_FN(pass_a)(x + j + VN, ybuf + j + VN, cap, inv_cap, &vmax1, capped);
     }
     if (j + VN <= nb) {
-        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
         j += VN;
     }
-#undef CE_WA
     if (j < nb) {
         const MT k = CE_LANES(nb - j);
         VT y = LDM(x + j, k);
         if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
-        if (wsum_mode == 1) vws0 = VOP(add)(vws0, VOP(maskz_mov)(k, y));
-        if (wsum_mode == 2) vws0 = VOP(fmadd)(LDCM(w + j, k), VOP(maskz_mov)(k, y), vws0);
         y = VOP(mask_blend)(k, neg_inf, y);
         VOP(store)(ybuf + j, y);
         vmax0 = VOP(max)(y, vmax0);
         j += VN;
     }
     for (; j % (4 * VN); j += VN) VOP(store)(ybuf + j, neg_inf);
-    if (wsum_mode) *wsum += SUM_TO_DOUBLE(VOP(add)(vws0, vws1));
     return VOP(reduce_max)(VOP(max)(vmax0, vmax1));
 }
 
@@ -298,18 +287,16 @@ CE_ALWAYS_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
 }
 
 CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double softcap,
-                                         const CT *w, ce_stats *out, const int capped,
-                                         const int wsum_mode)
+                                         ce_stats *out, const int capped)
 {
     const VT cap = VOP(set1)((CT)softcap);
     const VT inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
     CT ybuf[CE_BLOCK] __attribute__((aligned(64)));
-    double m = -INFINITY, s = 0.0, ws = 0.0;
+    double m = -INFINITY, s = 0.0;
     for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
         const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
         const int padded = (nb + 4 * VN - 1) / (4 * VN) * (4 * VN);
-        const double bm = CE_FN(block_max)(x + i0, w ? w + i0 : w, nb, ybuf, cap, inv_cap,
-                                           capped, wsum_mode, &ws);
+        const double bm = CE_FN(block_max)(x + i0, nb, ybuf, cap, inv_cap, capped);
         /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
         const double ref = bm > m ? bm : m;
         const T *pf = i0 + nb < n ? x + i0 + nb : next ? next : x + i0;
@@ -322,24 +309,22 @@ CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, do
     }
     out->max = m;
     out->sum = s;
-    out->wsum = ws;
 }
+
+static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w,
+                               double ref, double *sum_f, double *sum_fy);
 
 static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double softcap,
                             const void *wv, int want_wsum, ce_stats *out)
 {
     const T *x = (const T *)xv, *next = (const T *)nextv;
     const CT *w = (const CT *)wv;
-    const int wsum_mode = !want_wsum ? 0 : w ? 2 : 1;
-    if (softcap > 0) {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 1);
-        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 2);
-    } else {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 1);
-        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 2);
-    }
+    if (softcap > 0) CE_FN(stats_impl)(x, n, next, softcap, out, 1);
+    else CE_FN(stats_impl)(x, n, next, softcap, out, 0);
+    out->wtotal = out->wsum = 0.0;
+    if (want_wsum)
+        CE_FN(factor_sums)(x, NULL, n, softcap, w, ce_stats_ref(out->max), &out->wtotal,
+                           &out->wsum);
 }
 
 typedef struct {
@@ -457,27 +442,29 @@ static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, doubl
                     bq, b0, stream, (T *)gv, 1);
 }
 
-/* Soft targets' q sums over lanes k of one vector: wq = w*q into vq, wq*y into vqy where
- * wq != 0 (a zero q takes no part, even against y = -inf; a NaN wq does). */
-CE_ALWAYS_INLINE void CE_FN(qsums_vec)(const T *x, const T *q, const CT *w, MT k, VT cap,
-                                        VT inv_cap, VT *vq, VT *vqy, const int capped,
-                                        const int weighted)
+/* Factor sums over lanes k of one vector: f = w*q (1 for an absent w or q) into vq,
+ * f*(y - ref) into vqy where f != 0 (a zero factor takes no part, even against y = -inf). */
+CE_ALWAYS_INLINE void CE_FN(factor_sums_vec)(const T *x, const T *q, const CT *w, MT k, VT cap,
+                                        VT inv_cap, VT ref, VT *vq, VT *vqy,
+                                        const int capped, const int weighted, const int has_q)
 {
     const MT all = (MT)~0u;
-    /* masked lanes: q = 0, so they add nothing */
-    VT y = k == all ? LD(x) : LDM(x, k), wq = k == all ? LD(q) : LDM(q, k);
+    /* masked lanes: f = 0, so they add nothing */
+    VT y = k == all ? LD(x) : LDM(x, k);
+    VT wq = has_q ? (k == all ? LD(q) : LDM(q, k)) : VOP(maskz_mov)(k, VOP(set1)((CT)1));
     if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
     if (weighted) wq = VOP(mul)(k == all ? LDC(w) : LDCM(w, k), wq);
     *vq = VOP(add)(*vq, wq);
-    *vqy = VOP(mask3_fmadd)(wq, y, *vqy, VCMP_MASK(wq, VOP(setzero)(), _CMP_NEQ_UQ));
+    *vqy = VOP(mask3_fmadd)(wq, VOP(sub)(y, ref), *vqy, VCMP_MASK(wq, VOP(setzero)(), _CMP_NEQ_UQ));
 }
 
-/* sum w*q and sum w*q*y: a second pass like the portable one (the segment is in L1/L2 after
- * the stats pass), blocks of CT sums merged in double. */
-CE_ALWAYS_INLINE void CE_FN(qsums_impl)(const T *x, const T *q, int64_t n, double softcap,
-                                         const CT *w, ce_stats *out, const int capped,
-                                         const int weighted)
+/* sum f and sum f*(y - ref), f = w*q: a pass of its own like the portable one (the segment is
+ * in L1/L2 after the stats pass), blocks of CT sums merged in double. */
+CE_ALWAYS_INLINE void CE_FN(factor_sums_impl)(const T *x, const T *q, int64_t n, double softcap,
+                                         const CT *w, double ref, double *sum_f, double *sum_fy,
+                                         const int capped, const int weighted, const int has_q)
 {
+    const VT vref = VOP(set1)((CT)ref);
     const VT cap = VOP(set1)((CT)softcap);
     const VT inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
     const MT all = (MT)~0u;
@@ -487,39 +474,47 @@ CE_ALWAYS_INLINE void CE_FN(qsums_impl)(const T *x, const T *q, int64_t n, doubl
         VT vq0 = VOP(setzero)(), vq1 = vq0, vqy0 = vq0, vqy1 = vq0;
         int64_t j = i0;
 #define CE_WQ(j) (weighted ? w + (j) : w)
+#define CE_QQ(j) (has_q ? q + (j) : q)
         for (; j + 2 * VN <= i1; j += 2 * VN) { /* two chains hide the add latency */
-            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), all, cap, inv_cap, &vq0, &vqy0, capped,
-                             weighted);
-            CE_FN(qsums_vec)(x + j + VN, q + j + VN, CE_WQ(j + VN), all, cap, inv_cap, &vq1,
-                             &vqy1, capped, weighted);
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), all, cap, inv_cap, vref, &vq0,
+                                   &vqy0, capped, weighted, has_q);
+            CE_FN(factor_sums_vec)(x + j + VN, CE_QQ(j + VN), CE_WQ(j + VN), all, cap,
+                                   inv_cap, vref, &vq1, &vqy1, capped, weighted, has_q);
         }
         for (; j + VN <= i1; j += VN)
-            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), all, cap, inv_cap, &vq0, &vqy0, capped,
-                             weighted);
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), all, cap, inv_cap, vref, &vq0,
+                                   &vqy0, capped, weighted, has_q);
         if (j < i1)
-            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), CE_LANES(i1 - j), cap, inv_cap, &vq0, &vqy0,
-                             capped, weighted);
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), CE_LANES(i1 - j), cap, inv_cap,
+                                   vref, &vq0, &vqy0, capped, weighted, has_q);
+#undef CE_QQ
 #undef CE_WQ
         qs += SUM_TO_DOUBLE(VOP(add)(vq0, vq1));
         qys += SUM_TO_DOUBLE(VOP(add)(vqy0, vqy1));
     }
-    out->qsum = qs;
-    out->qysum = qys;
+    *sum_f = qs;
+    *sum_fy = qys;
+}
+
+/* The specialisations of factor_sums_impl: on weights and q when uncapped (the hot path), runtime
+ * flags under the softcap's tanh. */
+static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w,
+                               double ref, double *sum_f, double *sum_fy)
+{
+    if (softcap > 0)
+        CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 1, w != NULL, q != NULL);
+    else if (q && w) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 1, 1);
+    else if (q) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 0, 1);
+    else if (w) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 1, 0);
+    else CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 0, 0);
 }
 
 static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
                                  const void *wv, int want_wsum, ce_stats *out)
 {
-    const T *x = (const T *)xv, *q = (const T *)qv;
-    const CT *w = (const CT *)wv;
     CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
-    if (softcap > 0) {
-        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 1);
-        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 0);
-    } else {
-        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 1);
-        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 0);
-    }
+    CE_FN(factor_sums)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv,
+                       ce_stats_ref(out->max), &out->qsum, &out->qysum);
 }
 
 /* BCE over lanes k of one vector (see kernels.h): adds l to *acc, stores l and g where

@@ -193,19 +193,22 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
     const double e = a->label_smoothing, K = (double)a->classes, z = a->z_loss;
     const double scale = a->grad_scale ? a->grad_scale[r] : a->grad_scale_all;
     ce_row_terms T = {y_t, lse, shift, 0, 0, 0, 0};
+    /* The pass-1 sums are relative to ref (kernels.h): sum f*(lse - y) = F*(lse - ref) - sum f*(y - ref),
+     * a difference of terms no larger than the row's spread, however large the logits. */
+    const double d = lse - ce_stats_ref(st->max);
     double loss, c;
     if (a->target_probs) {
-        /* smoothed targets q~ = (1-e) q + e/K:  loss = lse sum w q~ - sum w q~ y + z lse^2 */
+        /* smoothed targets q~ = (1-e) q + e/K:  loss = sum w q~ (lse - y) + z lse^2 */
         const double wq = (1.0 - e) * st->qsum + (e / K) * J->total_weight;
-        loss = wq * lse + z * lse * lse;
-        if (e < 1) loss -= (1.0 - e) * st->qysum; /* e = 1: q takes no part, even where y = -inf */
-        if (e > 0) loss -= (e / K) * st->wsum;
+        loss = z * lse * lse;
+        if (e < 1) loss += (1.0 - e) * (st->qsum * d - st->qysum); /* e = 1: q takes no part */
+        if (e > 0) loss += (e / K) * (J->total_weight * d - st->wsum);
         c = wq + 2.0 * z * lse;
         T.bq = scale * (1.0 - e);
     } else {
         const double w_t = ce_weight_at(J->dtype, a->weight, t);
         loss = (1.0 - e) * w_t * (lse - y_t) + z * w_t * lse * lse;
-        if (e > 0) loss += (e / K) * (J->total_weight * lse - st->wsum);
+        if (e > 0) loss += (e / K) * (J->total_weight * d - st->wsum);
         c = (1.0 - e) * w_t + (e / K) * J->total_weight + 2.0 * z * w_t * lse;
         T.target_extra = scale * (1.0 - e) * w_t;
     }
@@ -238,7 +241,7 @@ static void ce_one_row(const ce_job *J, int64_t r, int64_t next_r)
     const int64_t K = a->classes;
     const int64_t t = a->target_probs ? 0 : ce_target_at(a, r);
     const int counted = a->target_probs || t != a->ignore_index;
-    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0};
+    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0};
     double lse = 0.0, shift = 0.0;
     if (ce_needs_stats(J, counted)) {
         ce_segment_stats(J, r, next_r, 0, K, &st);
@@ -285,14 +288,17 @@ static void ce_split_row(const ce_job *J, int64_t r, int tid, int nt, ce_stats *
 #ifdef _OPENMP
 #pragma omp barrier
 #endif
-    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0};
+    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0};
     double lse = 0.0, shift = 0.0;
     if (need_stats) {
+        for (int i = 0; i < nt; i++) ce_merge(&st.max, &st.sum, mine[i].max, mine[i].sum);
+        /* each segment's weighted sums move from its own ref to the row's */
         for (int i = 0; i < nt; i++) {
-            ce_merge(&st.max, &st.sum, mine[i].max, mine[i].sum);
-            st.wsum += mine[i].wsum;
+            const double move = ce_stats_ref(mine[i].max) - ce_stats_ref(st.max);
+            st.wtotal += mine[i].wtotal;
+            st.wsum += mine[i].wsum + move * mine[i].wtotal;
             st.qsum += mine[i].qsum;
-            st.qysum += mine[i].qysum;
+            st.qysum += mine[i].qysum + move * mine[i].qsum;
         }
         lse = st.max + log(st.sum);
         shift = st.max;

@@ -206,53 +206,42 @@ const ce_isa_table ce_table_neon = {
 
 #else /* CE_NEON_BODY: the primitives for one dtype */
 
-/* One full vector of pass A: y = cap(x) kept in ybuf, folded into the max and the sum of
- * y / w*y (wsum_mode 1/2). */
-CE_ALWAYS_INLINE void CE_FN(pass_a)(const T *x, const CT *w, CT *ybuf, VT cap, VT inv_cap,
-                                     VT *vmax, VT *vws, const int capped, const int wsum_mode)
+/* One full vector of pass A: y = cap(x) kept in ybuf and folded into the max. */
+CE_ALWAYS_INLINE void CE_FN(pass_a)(const T *x, CT *ybuf, VT cap, VT inv_cap, VT *vmax,
+                                     const int capped)
 {
     VT y = LD(x);
     if (capped) y = VOP(vmul)(cap, VTANH(VOP(vmul)(y, inv_cap)));
     VOP(vst1)(ybuf, y);
     *vmax = VOP(vbsl)(VOP(vcgt)(y, *vmax), y, *vmax); /* FMAX would keep NaNs: compare */
-    if (wsum_mode == 1) *vws = VOP(vadd)(*vws, y);
-    if (wsum_mode == 2) *vws = VOP(vfma)(*vws, LDC(w), y);
 }
 
 /* Pass A over one block: y into ybuf (-inf past nb, up to a multiple of 4*VN, so pass B
- * needs no tail), the block max, and the sum of y / w*y. Two chains of max and sum hide
- * their latency. */
-CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, const CT *w, int nb, CT *ybuf, VT cap,
-                                      VT inv_cap, const int capped, const int wsum_mode,
-                                      double *wsum)
+ * needs no tail), and the block max. Two chains of max hide its latency. */
+CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, int nb, CT *ybuf, VT cap, VT inv_cap,
+                                      const int capped)
 {
-    const VT neg_inf = VDUP((CT)-INFINITY), zero = VDUP((CT)0);
-    VT vmax0 = neg_inf, vmax1 = neg_inf, vws0 = zero, vws1 = vws0;
+    const VT neg_inf = VDUP((CT)-INFINITY);
+    VT vmax0 = neg_inf, vmax1 = neg_inf;
     int j = 0;
-#define CE_WA(j) (wsum_mode == 2 ? w + (j) : w) /* no arithmetic on a NULL w */
     for (; j + 2 * VN <= nb; j += 2 * VN) {
-        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
-        CE_FN(pass_a)(x + j + VN, CE_WA(j + VN), ybuf + j + VN, cap, inv_cap, &vmax1, &vws1,
-                      capped, wsum_mode);
+        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
+        CE_FN(pass_a)(x + j + VN, ybuf + j + VN, cap, inv_cap, &vmax1, capped);
     }
     if (j + VN <= nb) {
-        CE_FN(pass_a)(x + j, CE_WA(j), ybuf + j, cap, inv_cap, &vmax0, &vws0, capped, wsum_mode);
+        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
         j += VN;
     }
-#undef CE_WA
     if (j < nb) {
         const int m = nb - j;
         VT y = LDP(x + j, m);
         if (capped) y = VOP(vmul)(cap, VTANH(VOP(vmul)(y, inv_cap)));
-        if (wsum_mode == 1) vws0 = VOP(vadd)(vws0, VOP(vbsl)(VLANES(m), y, zero));
-        if (wsum_mode == 2) vws0 = VOP(vfma)(vws0, LDCP(w + j, m), VOP(vbsl)(VLANES(m), y, zero));
         y = VOP(vbsl)(VLANES(m), y, neg_inf);
         VOP(vst1)(ybuf + j, y);
         vmax0 = VOP(vbsl)(VOP(vcgt)(y, vmax0), y, vmax0);
         j += VN;
     }
     for (; j % (4 * VN); j += VN) VOP(vst1)(ybuf + j, neg_inf);
-    if (wsum_mode) *wsum += VHSUM(VOP(vadd)(vws0, vws1));
     vmax0 = VOP(vbsl)(VOP(vcgt)(vmax1, vmax0), vmax1, vmax0);
     return VHMAX(vmax0);
 }
@@ -283,18 +272,16 @@ CE_ALWAYS_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
 }
 
 CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double softcap,
-                                         const CT *w, ce_stats *out, const int capped,
-                                         const int wsum_mode)
+                                         ce_stats *out, const int capped)
 {
     const VT cap = VDUP((CT)softcap);
     const VT inv_cap = VDUP(capped ? (CT)(1.0 / softcap) : (CT)0);
     CT ybuf[CE_BLOCK] __attribute__((aligned(16)));
-    double m = -INFINITY, s = 0.0, ws = 0.0;
+    double m = -INFINITY, s = 0.0;
     for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
         const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
         const int padded = (nb + 4 * VN - 1) / (4 * VN) * (4 * VN);
-        const double bm = CE_FN(block_max)(x + i0, w ? w + i0 : w, nb, ybuf, cap, inv_cap,
-                                           capped, wsum_mode, &ws);
+        const double bm = CE_FN(block_max)(x + i0, nb, ybuf, cap, inv_cap, capped);
         /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
         const double ref = bm > m ? bm : m;
         const T *pf = i0 + nb < n ? x + i0 + nb : next ? next : x + i0;
@@ -307,24 +294,22 @@ CE_ALWAYS_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, do
     }
     out->max = m;
     out->sum = s;
-    out->wsum = ws;
 }
+
+static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w,
+                               double ref, double *sum_f, double *sum_fy);
 
 static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double softcap,
                             const void *wv, int want_wsum, ce_stats *out)
 {
     const T *x = (const T *)xv, *next = (const T *)nextv;
     const CT *w = (const CT *)wv;
-    const int wsum_mode = !want_wsum ? 0 : w ? 2 : 1;
-    if (softcap > 0) {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 1);
-        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 1, 2);
-    } else {
-        if (wsum_mode == 0) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 0);
-        else if (wsum_mode == 1) CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 1);
-        else CE_FN(stats_impl)(x, n, next, softcap, w, out, 0, 2);
-    }
+    if (softcap > 0) CE_FN(stats_impl)(x, n, next, softcap, out, 1);
+    else CE_FN(stats_impl)(x, n, next, softcap, out, 0);
+    out->wtotal = out->wsum = 0.0;
+    if (want_wsum)
+        CE_FN(factor_sums)(x, NULL, n, softcap, w, ce_stats_ref(out->max), &out->wtotal,
+                           &out->wsum);
 }
 
 typedef struct {
@@ -410,26 +395,29 @@ static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, doubl
                     bq, b0, (T *)gv, 1);
 }
 
-/* Soft targets' q sums over the first m <= VN elements: wq = w*q into vq, wq*y into vqy
- * where wq != 0 (a zero q takes no part, even against y = -inf; a NaN wq does). */
-CE_ALWAYS_INLINE void CE_FN(qsums_vec)(const T *x, const T *q, const CT *w, int m, VT cap,
-                                        VT inv_cap, VT *vq, VT *vqy, const int capped,
-                                        const int weighted)
+/* Factor sums over the first m <= VN elements: f = w*q (1 for an absent w or q) into vq,
+ * f*(y - ref) into vqy where f != 0 (a zero factor takes no part, even against y = -inf). */
+CE_ALWAYS_INLINE void CE_FN(factor_sums_vec)(const T *x, const T *q, const CT *w, int m, VT cap,
+                                        VT inv_cap, VT ref, VT *vq, VT *vqy,
+                                        const int capped, const int weighted, const int has_q)
 {
-    /* partial loads give q = 0 past m, so those lanes add nothing */
-    VT y = m == VN ? LD(x) : LDP(x, m), wq = m == VN ? LD(q) : LDP(q, m);
+    /* partial loads give f = 0 past m, so those lanes add nothing */
+    VT y = m == VN ? LD(x) : LDP(x, m);
+    VT wq = has_q ? (m == VN ? LD(q) : LDP(q, m))
+                  : (m == VN ? VDUP((CT)1) : VOP(vbsl)(VLANES(m), VDUP((CT)1), VDUP((CT)0)));
     if (capped) y = VOP(vmul)(cap, VTANH(VOP(vmul)(y, inv_cap)));
     if (weighted) wq = VOP(vmul)(m == VN ? LDC(w) : LDCP(w, m), wq);
     *vq = VOP(vadd)(*vq, wq);
-    *vqy = VOP(vbsl)(VOP(vceq)(wq, VDUP((CT)0)), *vqy, VOP(vfma)(*vqy, wq, y));
+    *vqy = VOP(vbsl)(VOP(vceq)(wq, VDUP((CT)0)), *vqy, VOP(vfma)(*vqy, wq, VOP(vsub)(y, ref)));
 }
 
-/* sum w*q and sum w*q*y: a second pass like the portable one (the segment is in L1/L2 after
- * the stats pass), blocks of CT sums merged in double. */
-CE_ALWAYS_INLINE void CE_FN(qsums_impl)(const T *x, const T *q, int64_t n, double softcap,
-                                         const CT *w, ce_stats *out, const int capped,
-                                         const int weighted)
+/* sum f and sum f*(y - ref), f = w*q: a pass of its own like the portable one (the segment is
+ * in L1/L2 after the stats pass), blocks of CT sums merged in double. */
+CE_ALWAYS_INLINE void CE_FN(factor_sums_impl)(const T *x, const T *q, int64_t n, double softcap,
+                                         const CT *w, double ref, double *sum_f, double *sum_fy,
+                                         const int capped, const int weighted, const int has_q)
 {
+    const VT vref = VDUP((CT)ref);
     const VT cap = VDUP((CT)softcap);
     const VT inv_cap = VDUP(capped ? (CT)(1.0 / softcap) : (CT)0);
     double qs = 0.0, qys = 0.0;
@@ -438,39 +426,47 @@ CE_ALWAYS_INLINE void CE_FN(qsums_impl)(const T *x, const T *q, int64_t n, doubl
         VT vq0 = VDUP((CT)0), vq1 = vq0, vqy0 = vq0, vqy1 = vq0;
         int64_t j = i0;
 #define CE_WQ(j) (weighted ? w + (j) : w)
+#define CE_QQ(j) (has_q ? q + (j) : q)
         for (; j + 2 * VN <= i1; j += 2 * VN) { /* two chains hide the add latency */
-            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), VN, cap, inv_cap, &vq0, &vqy0, capped,
-                             weighted);
-            CE_FN(qsums_vec)(x + j + VN, q + j + VN, CE_WQ(j + VN), VN, cap, inv_cap, &vq1,
-                             &vqy1, capped, weighted);
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), VN, cap, inv_cap, vref, &vq0,
+                                   &vqy0, capped, weighted, has_q);
+            CE_FN(factor_sums_vec)(x + j + VN, CE_QQ(j + VN), CE_WQ(j + VN), VN, cap,
+                                   inv_cap, vref, &vq1, &vqy1, capped, weighted, has_q);
         }
         for (; j + VN <= i1; j += VN)
-            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), VN, cap, inv_cap, &vq0, &vqy0, capped,
-                             weighted);
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), VN, cap, inv_cap, vref, &vq0,
+                                   &vqy0, capped, weighted, has_q);
         if (j < i1)
-            CE_FN(qsums_vec)(x + j, q + j, CE_WQ(j), (int)(i1 - j), cap, inv_cap, &vq0, &vqy0,
-                             capped, weighted);
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), (int)(i1 - j), cap, inv_cap,
+                                   vref, &vq0, &vqy0, capped, weighted, has_q);
+#undef CE_QQ
 #undef CE_WQ
         qs += VHSUM(VOP(vadd)(vq0, vq1));
         qys += VHSUM(VOP(vadd)(vqy0, vqy1));
     }
-    out->qsum = qs;
-    out->qysum = qys;
+    *sum_f = qs;
+    *sum_fy = qys;
+}
+
+/* The specialisations of factor_sums_impl: on weights and q when uncapped (the hot path), runtime
+ * flags under the softcap's tanh. */
+static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w,
+                               double ref, double *sum_f, double *sum_fy)
+{
+    if (softcap > 0)
+        CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 1, w != NULL, q != NULL);
+    else if (q && w) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 1, 1);
+    else if (q) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 0, 1);
+    else if (w) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 1, 0);
+    else CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 0, 0);
 }
 
 static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
                                  const void *wv, int want_wsum, ce_stats *out)
 {
-    const T *x = (const T *)xv, *q = (const T *)qv;
-    const CT *w = (const CT *)wv;
     CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
-    if (softcap > 0) {
-        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 1);
-        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 1, 0);
-    } else {
-        if (w) CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 1);
-        else CE_FN(qsums_impl)(x, q, n, softcap, w, out, 0, 0);
-    }
+    CE_FN(factor_sums)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv,
+                       ce_stats_ref(out->max), &out->qsum, &out->qysum);
 }
 
 /* BCE over the first m <= VN elements (see kernels.h): adds l to *acc, stores l and g where

@@ -8,6 +8,30 @@
 #define CE_CAT(a, b, c) CE_CAT_(a, b, c)
 #define CE_FN(op) CE_CAT(op, SUF, portable)
 
+/* sum_j w_j*q_j into *sum_f and sum_j w_j*q_j*(y_j - ref) into *sum_fy, where w_j*q_j != 0
+ * (a zero factor takes no part, even against y_j = -inf); w NULL: w_j = 1, q NULL: q_j = 1. */
+static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const C *w,
+                               double ref, double *sum_f, double *sum_fy)
+{
+    const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0, cr = (C)ref;
+    double f = 0.0, fy = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
+        C bf = 0, bfy = 0;
+        for (int j = 0; j < nb; j++) {
+            C y = LOAD(x + i0 + j);
+            if (softcap > 0) y = cap * TANH(y * inv_cap);
+            const C wq = (w ? w[i0 + j] : (C)1) * (q ? LOAD(q + i0 + j) : (C)1);
+            bf += wq;
+            if (wq != 0) bfy += wq * (y - cr);
+        }
+        f += (double)bf;
+        fy += (double)bfy;
+    }
+    *sum_f = f;
+    *sum_fy = fy;
+}
+
 static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *next, double softcap,
                             const void *wv, int want_wsum, ce_stats *out)
 {
@@ -15,7 +39,7 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *next, double 
     const T *x = (const T *)xv;
     const C *w = (const C *)wv;
     const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
-    double m = -INFINITY, s = 0.0, ws = 0.0;
+    double m = -INFINITY, s = 0.0;
     C y[CE_BLOCK];
     for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
         const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
@@ -33,16 +57,13 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *next, double 
             for (int j = 0; j < nb; j++)
                 if (y[j] != y[j]) bs = (C)NAN; /* a NaN hides from the max; keep it */
         }
-        if (want_wsum) {
-            C acc = 0;
-            for (int j = 0; j < nb; j++) acc += (w ? w[i0 + j] : (C)1) * y[j];
-            ws += (double)acc;
-        }
         ce_merge(&m, &s, (double)bm, (double)bs);
     }
     out->max = m;
     out->sum = s;
-    out->wsum = ws;
+    out->wtotal = out->wsum = 0.0;
+    if (want_wsum)
+        CE_FN(factor_sums)(x, NULL, n, softcap, w, ce_stats_ref(m), &out->wtotal, &out->wsum);
 }
 
 static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap,
@@ -79,30 +100,11 @@ static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, v
 static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
                                  const void *wv, int want_wsum, ce_stats *out)
 {
-    const T *q = (const T *)qv;
-    const C *w = (const C *)wv;
     CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
-    /* The q sums are separate from the max/sum pass: they need no max and cost one more
-     * read of a segment that is in L1/L2 already. */
-    const T *x = (const T *)xv;
-    const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
-    double qs = 0.0, qys = 0.0;
-    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
-        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
-        C bq = 0, bqy = 0;
-        for (int j = 0; j < nb; j++) {
-            C y = LOAD(x + i0 + j);
-            if (softcap > 0) y = cap * TANH(y * inv_cap);
-            const C wq = (w ? w[i0 + j] : (C)1) * LOAD(q + i0 + j);
-            bq += wq;
-            /* q_j = 0 takes no part, even where y_j = -inf (0 * -inf would be NaN) */
-            if (wq != 0) bqy += wq * y;
-        }
-        qs += (double)bq;
-        qys += (double)bqy;
-    }
-    out->qsum = qs;
-    out->qysum = qys;
+    /* The q sums need the max, so they are a pass of their own over a segment that is in
+     * L1/L2 already. */
+    CE_FN(factor_sums)((const T *)xv, (const T *)qv, n, softcap, (const C *)wv,
+                       ce_stats_ref(out->max), &out->qsum, &out->qysum);
 }
 
 static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap,

@@ -18,19 +18,28 @@
 
 #include "fusedce.h"
 
+/* The weighted sums are taken relative to ref = ce_stats_ref(max), the segment's max where
+ * finite: the loss needs W*lse - sum w*y, which cancels catastrophically when the logits are
+ * large and the sum is accumulated as is (relative to the max, every term is at most the
+ * spread of the row). Terms whose factor w_j (w_j*q_j) is 0 take no part, even where
+ * y_j = -inf. */
 typedef struct ce_stats {
-    double max;   /* max_j y_j; -inf for an empty or all -inf segment; NaNs ignored here */
-    double sum;   /* sum_j exp(y_j - max); NaN if any y_j is NaN or +inf */
-    double wsum;  /* sum_j w_j*y_j (w_j = 1 without weight); only when want_wsum */
-    double qsum;  /* soft targets q: sum_j w_j*q_j */
-    double qysum; /* soft targets q: sum_j w_j*q_j*y_j */
+    double max;    /* max_j y_j; -inf for an empty or all -inf segment; NaNs ignored here */
+    double sum;    /* sum_j exp(y_j - max); NaN if any y_j is NaN or +inf */
+    double wtotal; /* sum_j w_j (w_j = 1 without weight); only when want_wsum */
+    double wsum;   /* sum_j w_j*(y_j - ref); only when want_wsum */
+    double qsum;   /* soft targets q: sum_j w_j*q_j */
+    double qysum;  /* soft targets q: sum_j w_j*q_j*(y_j - ref) */
 } ce_stats;
+
+static inline double ce_stats_ref(double max) { return isfinite(max) ? max : 0.0; }
 
 /* `next` (stats and grad): where the caller reads n more elements of x after this segment
  * (the same segment of its next row), or NULL. SIMD primitives prefetch it while they compute
  * from cache, so that the memory stream does not idle; a prefetch never faults.
  *
- * Pass 1 over x[0..n): max, sum of exp, optionally the weighted sum of y. */
+ * Pass 1 over x[0..n): max, sum of exp, optionally (want_wsum) wtotal and wsum, which take a
+ * second pass over the segment (from cache) once its max is known. */
 typedef void (*ce_stats_fn)(const void *x, int64_t n, const void *next, double softcap,
                             const void *weight, int want_wsum, ce_stats *out);
 

@@ -793,38 +793,47 @@ def test_many_calls_keep_memory_flat():
     assert growth < 8 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MB over 100,000 calls"
 
 
-# ---------------------------------------------------------------------------- known issues
-# Kernel precision issues found by tests/test_properties.py, which keeps its inputs out of
-# their way. Strict: when a fix lands these fail, and the exclusions in test_properties.py's
-# without_known_issues() should go with them.
+# ---------------------------------------------------------------------------- weighted sums
+# Probability targets and label smoothing need sum_k w_k q~_k (lse - y_k). The kernels take
+# their weighted sums relative to the row max (csrc/kernels.h), so the loss keeps its float32
+# bound at any logit magnitude, also when a row is split over threads and its segments' sums
+# are moved to the common max.
 
 
-@pytest.mark.xfail(strict=True, reason="sum_k w_k q~_k y_k is accumulated in float32 without the row max taken out")
-@pytest.mark.parametrize("target_kind", ["probabilities", "smoothing"])
-def test_known_issue_probability_and_smoothing_losses_at_large_logits(isa, target_kind):
+@pytest.mark.parametrize("shape", [(16, 1000), (1, 40000)])  # (1, 40000): split over threads
+@pytest.mark.parametrize("target_kind", ["probabilities", "smoothing", "weighted smoothing"])
+def test_probability_and_smoothing_losses_at_large_logits(isa, threads, target_kind, shape):
     """Logits around 1e4 (the README's 'any finite logits are safe'): the loss is within the
     float32 bound of the reference computed from the same float32 logits."""
     rng = np.random.default_rng(3)
-    x = (rng.standard_normal((16, 1000)) + 1e4).astype(np.float32)
+    x = (rng.standard_normal(shape) + 1e4).astype(np.float32)
+    opts = {"weight": rng.uniform(0.5, 2.0, shape[1])} if target_kind == "weighted smoothing" else {}
     if target_kind == "probabilities":
         q = rng.uniform(0, 1, x.shape)
-        target, opts = (q / q.sum(-1, keepdims=True)).astype(np.float32), {}
+        target = (q / q.sum(-1, keepdims=True)).astype(np.float32)
     else:
-        target, opts = rng.integers(0, 1000, 16), {"label_smoothing": 0.1}
+        target, opts["label_smoothing"] = rng.integers(0, shape[1], shape[0]), 0.1
     loss = fusedce.cross_entropy(x, target, reduction="none", **opts)
     assert_loss_close(loss, ref.cross_entropy(x, target, reduction="none", **opts), "float32")
 
 
 @quiet_nan
-@pytest.mark.xfail(strict=True, reason="the smoothing term multiplies a zero class weight by a -inf logit")
-def test_known_issue_zero_weight_against_minus_inf_with_smoothing(isa):
-    """A class of weight 0 takes no part, even at a -inf logit (the reference's rule for
-    probability targets: w_k q~_k = 0 is left out)."""
+@pytest.mark.parametrize("soft", [True, False])
+def test_zero_weight_against_minus_inf_with_smoothing(isa, soft):
+    """A class of weight 0 takes no part, even at a -inf logit (the reference's rule:
+    w_k q~_k = 0 is left out)."""
     x = np.array([[0.5, 1.0, -np.inf, 0.2, 0.0, -1.0]], np.float32)
-    q = np.full((1, 6), 1 / 6, np.float32)
+    target = np.full((1, 6), 1 / 6, np.float32) if soft else np.array([1])
     w = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
-    loss = fusedce.cross_entropy(x, q, weight=w, label_smoothing=0.1)
-    assert loss == pytest.approx(ref.cross_entropy(x, q, weight=w, label_smoothing=0.1), rel=2e-6)
+    loss = fusedce.cross_entropy(x, target, weight=w, label_smoothing=0.1)
+    assert np.isfinite(loss)
+    assert loss == pytest.approx(ref.cross_entropy(x, target, weight=w, label_smoothing=0.1), rel=2e-6)
+
+
+# ---------------------------------------------------------------------------- known issues
+# A kernel precision issue found by tests/test_properties.py, which keeps its inputs out of
+# its way. Strict: when a fix lands this fails, and the exclusion in test_properties.py's
+# without_known_issues() should go with it.
 
 
 @pytest.mark.xfail(strict=True, reason="the softcap derivative 1 - tanh^2 is computed in float32")

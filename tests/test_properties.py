@@ -119,24 +119,11 @@ def ce_problems(draw):
 
 
 def without_known_issues(x, opts, soft):
-    """The logits with the values that meet three known kernel precision issues moved out of
-    their way (each has a strict xfail in tests/test_hardening.py that fails once it is fixed,
-    and then this should go):
-    - sum_k w_k q~_k y_k (probability targets, label smoothing) is accumulated without the row
-      max taken out: an absolute error of eps * sum |w q y| per row (eps of float32 for
-      float32/half logits), so the loss is not shift invariant and large logits lose the loss
-      bound. Kept within +-1 (float64: +-100) there, and 0 for probability targets with K = 1
-      (the loss is exactly 0, so every row's error shows).
-    - the smoothing term multiplies a zero class weight by a -inf logit: NaN for probability
-      targets, where the reference leaves w_k q~_k = 0 out. No -inf there.
-    - the softcap derivative 1 - tanh^2 is computed in float32 and loses relative precision
-      where tanh saturates; finite logits kept within +-1.5 softcap."""
+    """The logits with the values that meet a known kernel precision issue moved out of its
+    way (it has a strict xfail in tests/test_hardening.py that fails once it is fixed, and then
+    this should go): the softcap derivative 1 - tanh^2 is computed in float32 and loses
+    relative precision where tanh saturates; finite logits kept within +-1.5 softcap."""
     dtype, finite = x.dtype, np.isfinite(x)
-    if soft or opts.get("label_smoothing"):
-        bound = 100.0 if x.dtype == np.float64 else 1.0
-        x = np.where(finite, np.clip(x, -bound, bound), x) if x.shape[-1] > 1 or not soft else np.zeros_like(x)
-    if soft and opts.get("label_smoothing") and "weight" in opts and not opts["weight"].all():
-        x = np.where(np.isneginf(x), -1, x)
     if opts.get("softcap") and x.dtype != np.float64:
         cap = 1.5 * opts["softcap"]
         x = np.where(finite, np.clip(x, -cap, cap), x)

@@ -109,7 +109,9 @@ def row_kernels(dtype_name: str, max_threads: int):
             if wq != zero:  # a zero target weight takes no part, even against -inf
                 ws += wq * y
         elif want_wsum:
-            ws += (weight[j] if has_weight else one) * y
+            w = weight[j] if has_weight else one
+            if w != zero:  # a zero-weight class takes no part, even against -inf
+                ws += w * y
         return m, s, ws, qs
 
     @cuda.jit(device=True)

@@ -12,7 +12,8 @@ Per counted row i with target t (weight w, W = sum(w), smoothing e, K classes, z
         with p = softmax(y), c_i = (1 - e) w_t + (e / K) W + 2 z w_t lse
     dloss_i/dx_j = dloss_i/dy_j * (1 - (y_j / softcap)^2)
 
-Rows whose target is ignore_index have loss 0 and gradient 0. 'mean' divides by the summed
+A class of weight 0 takes no part in the smoothing sum, even against a -inf logit (torch
+gives NaN there). Rows whose target is ignore_index have loss 0 and gradient 0. 'mean' divides by the summed
 w_t of the counted rows (torch's rule), and is 0 with a zero gradient when that sum is 0.
 
 Probability targets q (a float array of the logits' shape), with q~ = (1 - e) q + e / K:
@@ -76,7 +77,8 @@ def _forward(call):
         wt = np.where(counted, w[tt], 0.0)
         loss = np.where(counted, (1.0 - e) * wt * (lse - y[rows, tt]), 0.0)
         if e:
-            smooth = (e / K) * (w.sum() * lse - (y * w).sum(axis=-1))
+            # a zero-weight class takes no part, even against a -inf logit
+            smooth = (e / K) * (w.sum() * lse - np.where(w != 0, y * w, 0.0).sum(axis=-1))
             loss = loss + np.where(counted, smooth, 0.0)
         if call.z_loss:
             loss = loss + np.where(counted, call.z_loss * wt * lse**2, 0.0)
