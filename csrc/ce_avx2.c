@@ -349,20 +349,36 @@ typedef struct {
     VT cap, inv_cap, shift, a, b, bq, b0; /* b for hard targets, bq and b0 for soft (q) */
 } CE_FN(grad_consts);
 
-/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w), or with soft targets
- * (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh^2). */
+/* dy/dx = 1 - tanh(u)^2 under the softcap (u = x/softcap, th = tanh(u)). Beyond |u| = 1 it is
+ * computed as 4e/(1 + e)^2 with e = exp(-2|u|), in the vectors that have such lanes only:
+ * where tanh saturates, 1 - th^2 would keep little more than the rounding of th. */
+CE_ALWAYS_INLINE VT CE_FN(cap_deriv)(VT u, VT th)
+{
+    const VT one = VOP(set1)((CT)1), au = VOP(andnot)(VOP(set1)((CT)-0.0), u);
+    VT d = VOP(fnmadd)(th, th, one);
+    const VT far = VOP(cmp)(au, one, _CMP_GT_OQ);
+    if (VOP(movemask)(far)) {
+        const VT e = VEXP(VOP(mul)(VOP(set1)((CT)-2), au)), one_e = VOP(add)(one, e);
+        d = VOP(blendv)(d, VOP(div)(VOP(mul)(VOP(set1)((CT)4), e), VOP(mul)(one_e, one_e)), far);
+    }
+    return d;
+}
+
+/* (a*exp(y - shift) - b*w) * (1 - tanh(u)^2) for one vector of x (and w), u = x/softcap, or
+ * with soft targets (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh(u)^2). */
 CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, VT q, const CE_FN(grad_consts) *c,
                                     const int capped, const int weighted, const int soft)
 {
-    VT y = x, th = x;
+    VT y = x, u = x, th = x;
     if (capped) {
-        th = VTANH(VOP(mul)(x, c->inv_cap));
+        u = VOP(mul)(x, c->inv_cap);
+        th = VTANH(u);
         y = VOP(mul)(c->cap, th);
     }
     const VT b = soft ? VOP(fmadd)(c->bq, q, c->b0) : c->b;
     const VT bw = weighted ? VOP(mul)(b, w) : b;
     const VT v = VOP(fmsub)(c->a, VEXP(VOP(sub)(y, c->shift)), bw);
-    return capped ? VOP(mul)(v, VOP(fnmadd)(th, th, VOP(set1)((CT)1))) : v;
+    return capped ? VOP(mul)(v, CE_FN(cap_deriv)(u, th)) : v;
 }
 
 /* The first m < VN elements of x (and w, q) to g. */

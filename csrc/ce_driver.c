@@ -86,23 +86,26 @@ typedef struct ce_row_terms {
     double y_t, lse, shift;
     double a, bq, b0;            /* the grad primitives' factors */
     double target_extra;         /* class targets: subtracted at the target, scale*(1-e)*w_t */
+    double deriv_t;              /* class targets: dy_t/dx_t under the softcap (else 1) */
 } ce_row_terms;
 
 /* The target's capped logit exactly as the row's kernels compute it (their float tanh, not a
  * double one), so that p_t and the loss agree with the row's max and sum to the last bit:
- * with K = 1, say, the loss is then exactly 0 and the gradient exactly the z-loss term. */
-static double ce_target_y(const ce_job *J, const char *x_row, int64_t t)
+ * with K = 1, say, the loss is then exactly 0 and the gradient exactly the z-loss term.
+ * *deriv_t: dy_t/dx_t in double. */
+static double ce_target_y(const ce_job *J, const char *x_row, int64_t t, double *deriv_t)
 {
     const double x_t = ce_load(J->dtype, x_row, t);
-    if (!(J->a->softcap > 0) || isnan(x_t)) return x_t;
+    *deriv_t = 1.0;
+    if (!(J->a->softcap > 0)) return x_t;
+    /* dy/dx = 1 - tanh(x/softcap)^2, as 4e/(1 + e)^2 with e = exp(-2|x/softcap|): exact where
+     * tanh saturates (1 - (y/softcap)^2 would keep little more than the rounding of y) */
+    const double e = exp(-2.0 * fabs(x_t / J->a->softcap));
+    *deriv_t = 4.0 * e / ((1.0 + e) * (1.0 + e));
+    if (isnan(x_t)) return x_t;
     ce_stats one;
     J->k->stats(x_row + (size_t)t * J->es, 1, NULL, J->a->softcap, NULL, 0, &one);
     return one.max;
-}
-
-static double ce_cap_deriv(double y, double softcap)
-{
-    return softcap > 0 ? 1.0 - (y / softcap) * (y / softcap) : 1.0;
 }
 
 /* Class weights from class `lo` on, or NULL. */
@@ -185,14 +188,14 @@ static void ce_segment_grad(const ce_job *J, int64_t r, int64_t next_r, int64_t 
 }
 
 /* The row's loss (into *loss_out when non-NULL) and its gradient factors, from the merged
- * pass-1 statistics. t and y_t: class targets only (y_t read before any gradient store). */
-static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, double lse, double shift,
-                             const ce_stats *st, double *loss_out)
+ * pass-1 statistics. t, y_t and deriv_t: class targets only (read before any gradient store). */
+static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, double deriv_t, double lse,
+                             double shift, const ce_stats *st, double *loss_out)
 {
     const fusedce_ce_args *a = J->a;
     const double e = a->label_smoothing, K = (double)a->classes, z = a->z_loss;
     const double scale = a->grad_scale ? a->grad_scale[r] : a->grad_scale_all;
-    ce_row_terms T = {y_t, lse, shift, 0, 0, 0, 0};
+    ce_row_terms T = {y_t, lse, shift, 0, 0, 0, 0, deriv_t};
     /* The pass-1 sums are relative to ref (kernels.h): sum f*(lse - y) = F*(lse - ref) - sum f*(y - ref),
      * a difference of terms no larger than the row's spread, however large the logits. */
     const double d = lse - ce_stats_ref(st->max);
@@ -223,7 +226,7 @@ static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t
 {
     const double p_t = exp(T->y_t - T->shift);
     const double w_t = ce_weight_at(J->dtype, J->a->weight, t);
-    const double g = (T->a * p_t - T->b0 * w_t - T->target_extra) * ce_cap_deriv(T->y_t, J->a->softcap);
+    const double g = (T->a * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t;
     ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, t, g);
 }
 
@@ -257,8 +260,9 @@ static void ce_one_row(const ce_job *J, int64_t r, int64_t next_r)
         return;
     }
     const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
-    const double y_t = a->target_probs ? 0.0 : ce_target_y(J, x_row, t);
-    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, &st, a->loss ? a->loss + r : NULL);
+    double deriv_t = 1.0;
+    const double y_t = a->target_probs ? 0.0 : ce_target_y(J, x_row, t, &deriv_t);
+    const ce_row_terms T = ce_terms(J, r, t, y_t, deriv_t, lse, shift, &st, a->loss ? a->loss + r : NULL);
     if (a->grad) {
         ce_segment_grad(J, r, next_r, 0, K, a->target_probs ? -1 : t, &T);
         if (!a->target_probs) ce_write_target_grad(J, &T, r, t);
@@ -279,7 +283,8 @@ static void ce_split_row(const ce_job *J, int64_t r, int tid, int nt, ce_stats *
      * target's segment (thread 0 for soft targets). It reads y_t before any store. */
     const int owner = a->target_probs ? tid == 0 : (counted && t >= lo && t < hi);
     const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
-    const double y_t = owner && !a->target_probs ? ce_target_y(J, x_row, t) : 0.0;
+    double deriv_t = 1.0;
+    const double y_t = owner && !a->target_probs ? ce_target_y(J, x_row, t, &deriv_t) : 0.0;
     ce_stats *mine = parts + (r & 1) * nt;
     const int need_stats = ce_needs_stats(J, counted);
     const int64_t next_r = r + 1 < a->rows ? r + 1 : -1;
@@ -311,7 +316,8 @@ static void ce_split_row(const ce_job *J, int64_t r, int tid, int nt, ce_stats *
         if (a->grad) memset((char *)a->grad + ((size_t)r * (size_t)K + (size_t)lo) * J->es, 0, (size_t)(hi - lo) * J->es);
         return;
     }
-    const ce_row_terms T = ce_terms(J, r, t, y_t, lse, shift, &st, owner && a->loss ? a->loss + r : NULL);
+    const ce_row_terms T =
+        ce_terms(J, r, t, y_t, deriv_t, lse, shift, &st, owner && a->loss ? a->loss + r : NULL);
     if (a->grad) {
         ce_segment_grad(J, r, next_r, lo, hi, owner && !a->target_probs ? t : -1, &T);
         if (owner && !a->target_probs) ce_write_target_grad(J, &T, r, t);

@@ -316,20 +316,36 @@ typedef struct {
     VT cap, inv_cap, shift, a, neg_b, neg_bq, neg_b0; /* -b hard targets; -bq, -b0 soft (q) */
 } CE_FN(grad_consts);
 
-/* (a*exp(y - shift) - b*w) * (1 - tanh^2) for one vector of x (and w), or with soft targets
- * (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh^2). */
+/* dy/dx = 1 - tanh(u)^2 under the softcap (u = x/softcap, th = tanh(u)). Beyond |u| = 1 it is
+ * computed as 4e/(1 + e)^2 with e = exp(-2|u|), in the vectors that have such lanes only:
+ * where tanh saturates, 1 - th^2 would keep little more than the rounding of th. */
+CE_ALWAYS_INLINE VT CE_FN(cap_deriv)(VT u, VT th)
+{
+    const VT one = VDUP((CT)1), au = VOP(vabs)(u);
+    VT d = VOP(vfms)(one, th, th);
+    if (VHMAX(au) > (CT)1) {
+        const VT e = VEXP(VOP(vmul)(VDUP((CT)-2), au)), one_e = VOP(vadd)(one, e);
+        const VT far_d = VOP(vdiv)(VOP(vmul)(VDUP((CT)4), e), VOP(vmul)(one_e, one_e));
+        d = VOP(vbsl)(VOP(vcgt)(au, one), far_d, d);
+    }
+    return d;
+}
+
+/* (a*exp(y - shift) - b*w) * (1 - tanh(u)^2) for one vector of x (and w), u = x/softcap, or
+ * with soft targets (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh(u)^2). */
 CE_ALWAYS_INLINE VT CE_FN(grad_vec)(VT x, VT w, VT q, const CE_FN(grad_consts) *c,
                                     const int capped, const int weighted, const int soft)
 {
-    VT y = x, th = x;
+    VT y = x, u = x, th = x;
     if (capped) {
-        th = VTANH(VOP(vmul)(x, c->inv_cap));
+        u = VOP(vmul)(x, c->inv_cap);
+        th = VTANH(u);
         y = VOP(vmul)(c->cap, th);
     }
     const VT neg_b = soft ? VOP(vfma)(c->neg_b0, c->neg_bq, q) : c->neg_b;
     const VT neg_bw = weighted ? VOP(vmul)(neg_b, w) : neg_b;
     const VT v = VOP(vfma)(neg_bw, c->a, VEXP(VOP(vsub)(y, c->shift)));
-    return capped ? VOP(vmul)(v, VOP(vfms)(VDUP((CT)1), th, th)) : v;
+    return capped ? VOP(vmul)(v, CE_FN(cap_deriv)(u, th)) : v;
 }
 
 /* The first m < VN elements of x (and w, q) to g. */

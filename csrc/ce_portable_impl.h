@@ -80,9 +80,13 @@ static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double s
     for (int64_t j = 0; j < n; j++) {
         C y = LOAD(x + j), d = 1;
         if (softcap > 0) {
-            const C th = TANH(y * inv_cap);
+            const C u = y * inv_cap, th = TANH(u);
             y = cap * th;
             d = 1 - th * th;
+            if (u > 1 || u < -1) { /* as 4e/(1 + e)^2, e = exp(-2|u|): exact where tanh saturates */
+                const C e = EXP((C)-2 * (u < 0 ? -u : u));
+                d = (C)4 * e / (((C)1 + e) * ((C)1 + e));
+            }
         }
         C v = ca * EXP(y - cs) - cb * (w ? w[j] : (C)1);
         STORE(g + j, v * d);
@@ -121,9 +125,13 @@ static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, doubl
     for (int64_t j = 0; j < n; j++) {
         C y = LOAD(x + j), d = 1;
         if (softcap > 0) {
-            const C th = TANH(y * inv_cap);
+            const C u = y * inv_cap, th = TANH(u);
             y = cap * th;
             d = 1 - th * th;
+            if (u > 1 || u < -1) { /* as 4e/(1 + e)^2, e = exp(-2|u|): exact where tanh saturates */
+                const C e = EXP((C)-2 * (u < 0 ? -u : u));
+                d = (C)4 * e / (((C)1 + e) * ((C)1 + e));
+            }
         }
         const C v = ca * EXP(y - cs) - (w ? w[j] : (C)1) * (cbq * LOAD(q + j) + cb0);
         STORE(g + j, v * d);

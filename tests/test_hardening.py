@@ -830,19 +830,17 @@ def test_zero_weight_against_minus_inf_with_smoothing(isa, soft):
     assert loss == pytest.approx(ref.cross_entropy(x, target, weight=w, label_smoothing=0.1), rel=2e-6)
 
 
-# ---------------------------------------------------------------------------- known issues
-# A kernel precision issue found by tests/test_properties.py, which keeps its inputs out of
-# its way. Strict: when a fix lands this fails, and the exclusion in test_properties.py's
-# without_known_issues() should go with it.
+# ---------------------------------------------------------------------------- softcap
 
 
-@pytest.mark.xfail(strict=True, reason="the softcap derivative 1 - tanh^2 is computed in float32")
-def test_known_issue_softcap_gradient_where_tanh_saturates(isa):
+@pytest.mark.parametrize("inplace", [False, True])
+def test_softcap_gradient_where_tanh_saturates(isa, inplace):
     """Every logit beyond 3 * softcap: the gradient is small and must still be within 2e-6 of
-    its largest magnitude."""
+    its largest magnitude (1 - tanh^2 is computed as 4e/(1 + e)^2, e = exp(-2|x/softcap|), in
+    the kernels and, for the target's element, in the driver)."""
     rng = np.random.default_rng(3)
     x = (15.0 + rng.uniform(0, 5, (16, 50))).astype(np.float32)
     t = rng.integers(0, 50, 16)
-    _, grad = fusedce.cross_entropy_with_grad(x, t, softcap=5.0, reduction="sum")
     _, rgrad = ref.cross_entropy_with_grad(x, t, softcap=5.0, reduction="sum")
+    _, grad = fusedce.cross_entropy_with_grad(x, t, softcap=5.0, reduction="sum", inplace=inplace)
     assert_grad_close(grad, rgrad, "float32")

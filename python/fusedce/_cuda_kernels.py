@@ -177,7 +177,12 @@ def row_kernels(dtype_name: str, max_threads: int):
                 g -= at_target
             if cap > zero:
                 r = y * inv_cap
-                g *= one - r * r
+                au = abs(ct(raw) * inv_cap)
+                if au > one:  # 1 - tanh(u)^2 as 4e/(1 + e)^2, e = exp(-2|u|): exact at saturation
+                    e = ct(math.exp(ct(-2.0) * au))
+                    g *= ct(4.0) * e / ((one + e) * (one + e))
+                else:
+                    g *= one - r * r
             out[row, j] = g  # rounded once to the logits dtype
 
     @cuda.jit
