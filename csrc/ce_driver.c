@@ -153,11 +153,11 @@ static void ce_segment_stats(const ce_job *J, int64_t r, int64_t next_r, int64_t
 static void ce_grad_piece(const ce_job *J, int64_t r, int64_t next_r, int64_t lo, int64_t hi, int stream,
                           const ce_row_terms *T)
 {
+    if (hi <= lo) return;
     const fusedce_ce_args *a = J->a;
     const size_t off = ce_offset(J, r, lo);
     const char *x = (const char *)a->logits + off;
     char *g = (char *)a->grad + off;
-    if (hi <= lo) return;
     if (a->target_probs)
         J->grad_soft(x, (const char *)a->target_probs + off, hi - lo, a->softcap, ce_weight_from(J, lo),
                      T->shift, T->a, T->bq, T->b0, stream, g);

@@ -859,6 +859,7 @@ def _cuda_environment():
 def environment():
     """Machine, versions, build, CPU and CUDA state: what `info` prints and the JSON records."""
     torch = sys.modules.get("torch")
+    cpu = fusedce.cpu_info()  # the same dict the API gives, threads under the bench's key
     return {
         "machine": {"platform": platform.platform(), "cpu_model": _cpu_model(),
                     "cores": os.cpu_count(), "memory_gib": _memory_gib()},
@@ -868,10 +869,8 @@ def environment():
         "build": {"build_type": _build_type(), "compiler": _compiler(),
                   "compiled_isas": [name for code, name in enumerate(_cpu.ISA_NAMES)
                                     if _cpu.lib.fusedce_isa_compiled(code)]},
-        "cpu": {"detected_isa": _cpu.detected_isa(), "active_isa": _cpu.active_isa(),
-                "available_isas": _cpu.available_isas(), "threads": fusedce.get_num_threads(),
-                "max_threads": _cpu.max_threads(),
-                "l2_bytes": _cpu.cache_bytes()[0], "llc_bytes": _cpu.cache_bytes()[1],
+        "cpu": {**{key: value for key, value in cpu.items() if key != "num_threads"},
+                "threads": cpu["num_threads"],
                 "torch_threads": torch.get_num_threads() if torch is not None else None},
         "cuda": _cuda_environment(),
     }
