@@ -1,6 +1,7 @@
 /* Binary cross-entropy with logits: elementwise, so the work is cut into fixed chunks of a
  * row (the same cut whatever the thread count, which keeps the summed loss deterministic)
- * and the chunks spread over threads. Per-class weight and pos_weight run along the row. */
+ * and the chunks spread over threads. Per-class weight and pos_weight run along the row;
+ * per-element ones along the chunk. */
 #include <stdlib.h>
 
 #include "kernels.h"
@@ -38,7 +39,9 @@ static int bce_run(int dtype, const fusedce_bce_args *a)
         const size_t elem = (size_t)r * (size_t)K + (size_t)lo; /* flat index of the chunk */
         const void *w = NULL;
         if (a->weight) w = (const char *)a->weight + (a->weight_per_class ? (size_t)lo : elem) * wes;
-        const void *pw = a->pos_weight ? (const char *)a->pos_weight + (size_t)lo * wes : NULL;
+        const void *pw = NULL;
+        if (a->pos_weight)
+            pw = (const char *)a->pos_weight + (a->pos_weight_per_element ? elem : (size_t)lo) * wes;
         const void *go = a->grad_scale ? (const char *)a->grad_scale + elem * wes : NULL;
         partial[i] = bce((const char *)a->logits + elem * es, (const char *)a->target + elem * es, n, w, pw, go,
                          a->grad_scale_all, a->loss ? (char *)a->loss + elem * es : NULL,

@@ -151,3 +151,27 @@ def test_softmax_family(isa, K, dtype):
     assert_grad_close(s, ref.softmax(x), dtype, "softmax")
     assert_loss_close(fusedce.logsumexp(x), ref.logsumexp(x), dtype, "logsumexp")
     assert fusedce.logsumexp(x[0]).shape == ()
+
+
+@pytest.mark.parametrize("module", [fusedce, ref], ids=["fusedce", "reference"])
+def test_no_classes(module):
+    """K = 0: nothing to score. Every row's lse is log(0) = -inf and its loss an empty sum, 0
+    (z_loss and smoothing have no class to act on); the gradient and softmax are empty. Class
+    targets must all be ignored; any other is out of range, as in torch."""
+    x = np.zeros((3, 0), np.float32)
+    ignored, probs = np.full(3, -100), np.zeros((3, 0), np.float32)
+    opts = dict(label_smoothing=0.1, z_loss=0.01, softcap=5.0)
+    for target in (ignored, probs):
+        for reduction in ("none", "mean", "sum"):
+            loss, grad = module.cross_entropy_with_grad(x, target, reduction=reduction, **opts)
+            np.testing.assert_array_equal(loss, np.zeros(3) if reduction == "none" else 0.0)
+            assert grad.shape == (3, 0)
+        loss, lse = module.cross_entropy_forward(x, target, reduction="none", **opts)
+        np.testing.assert_array_equal(lse, np.full(3, -np.inf))
+        assert module.cross_entropy_backward(x, target, lse, np.ones(3), reduction="none").shape == (3, 0)
+    np.testing.assert_array_equal(module.logsumexp(x), np.full(3, -np.inf))
+    assert module.softmax(x).shape == module.log_softmax(x).shape == (3, 0)
+    loss, grad = module.binary_cross_entropy_with_logits_with_grad(x, probs)
+    assert loss == 0.0 and grad.shape == (3, 0)
+    with pytest.raises(ValueError, match=r"target\[1\] = 0 is out of range: class indices must be in \[0, 0\)"):
+        module.cross_entropy(x, np.array([-100, 0, -100]))

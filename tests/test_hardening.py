@@ -198,8 +198,8 @@ BAD = [
                              ("lse", ONLY_BACKWARD), ("pos_weight", BCE_FUNCTIONS)]],
     Bad("logits 0-d", CE_FUNCTIONS + SOFTMAX_FUNCTIONS, with_(logits=np.float32(1.0)), ValueError,
         r"{x} must have at least 1 dimension"),
-    Bad("logits K=0", ONLY_BACKWARD + SOFTMAX_FUNCTIONS, with_(logits=np.zeros((B, 0), np.float32)), ValueError,
-        r"{x} must have K >= 1 classes on its last axis, got shape \(4, 0\)"),
+    Bad("logits K=0 with counted targets", CE_FUNCTIONS, with_(logits=np.zeros((B, 0), np.float32)), ValueError,
+        r"target\[0\] = 0 is out of range: class indices must be in \[0, 0\)"),
     # class targets (test_validation covers shape, range, float and bool on the other three)
     *[Bad(f"target {what}", CE_FUNCTIONS, with_(target=value), TypeError, "target must be an integer array")
       for what, value in [("str", np.array(["0", "1", "2", "3"])), ("object", np.array([0, 1, 2, 3], object)),
@@ -242,8 +242,10 @@ BAD = [
         r"weight of shape \(6,\) does not broadcast to the logits' shape \(4, 5\)"),
     Bad("bce weight larger", BCE_FUNCTIONS, with_(weight=np.ones((2, B, K))), ValueError,
         r"weight of shape \(2, 4, 5\) would broadcast the logits' shape \(4, 5\) larger"),
-    Bad("bce pos_weight 2-d", BCE_FUNCTIONS, with_(pos_weight=np.ones((B, K))), ValueError,
-        r"pos_weight must have shape \(5,\) \(one per class, the last axis\), got \(4, 5\)"),
+    Bad("bce pos_weight too long", BCE_FUNCTIONS, with_(pos_weight=np.ones(K + 1)), ValueError,
+        r"pos_weight of shape \(6,\) does not broadcast to the logits' shape \(4, 5\)"),
+    Bad("bce pos_weight larger", BCE_FUNCTIONS, with_(pos_weight=np.ones((2, B, K))), ValueError,
+        r"pos_weight of shape \(2, 4, 5\) would broadcast the logits' shape \(4, 5\) larger"),
     # scalar options
     *[Bad(f"reduction {value!r}", CE_AND_BCE, with_(reduction=value), ValueError,
           r"reduction must be one of 'none', 'mean', 'sum', got " + re.escape(repr(value)))

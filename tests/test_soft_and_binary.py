@@ -87,6 +87,11 @@ BCE_OPTIONS = {
     "weight_broadcast": lambda shape, rng: {"weight": rng.uniform(0.2, 2, shape[:-1] + (1,))},
     "pos_weight": lambda shape, rng: {"pos_weight": rng.uniform(0.5, 3, shape[-1:])},
     "both": lambda shape, rng: {"weight": rng.uniform(0.2, 2, shape), "pos_weight": rng.uniform(0.5, 3, shape[-1:])},
+    # torch broadcasts pos_weight to the target: (1, C) is per class, (N, C) per element
+    "pos_weight_1C": lambda shape, rng: {"pos_weight": rng.uniform(0.5, 3, (1,) * (len(shape) - 1) + shape[-1:])},
+    "pos_weight_full": lambda shape, rng: {"pos_weight": rng.uniform(0.5, 3, shape)},
+    "pos_weight_rows": lambda shape, rng: {"weight": rng.uniform(0.2, 2, shape[-1:]),
+                                           "pos_weight": rng.uniform(0.5, 3, shape[:-1] + (1,))},
 }
 
 
@@ -114,7 +119,7 @@ def test_binary_cross_entropy(isa, shape, opt, dtype):
 def test_binary_cross_entropy_bad_input():
     x, t, _ = bce_case((4, 5), "float32")
     before = x.copy()
-    with pytest.raises(ValueError, match=r"pos_weight must have shape \(5,\)"):
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(4,\) does not broadcast"):
         fusedce.binary_cross_entropy_with_logits_with_grad(x, t, pos_weight=np.ones(4), inplace=True)
     with pytest.raises(ValueError, match="does not broadcast"):
         fusedce.binary_cross_entropy_with_logits(x, t, weight=np.ones(3))

@@ -17,7 +17,8 @@ def _inputs():
 CASES = [
     # (description, kwargs builder, exception, message fragment)
     ("0-d logits", lambda x, t: dict(logits=np.float32(1.0), target=0), ValueError, "logits must have at least 1 dimension"),
-    ("K = 0", lambda x, t: dict(logits=np.zeros((4, 0), np.float32), target=t), ValueError, "K >= 1"),
+    ("K = 0, counted targets", lambda x, t: dict(logits=np.zeros((4, 0), np.float32), target=t), ValueError,
+     "target[0] = 0 is out of range: class indices must be in [0, 0)"),
     ("target shape", lambda x, t: dict(logits=x, target=t[:3]), ValueError, "target must have shape (4,)"),
     ("target 2-d", lambda x, t: dict(logits=x, target=t[:, None]), ValueError, "target must have shape (4,)"),
     ("target too big", lambda x, t: dict(logits=x, target=np.array([0, 1, 5, 3])), ValueError, "target[2] = 5 is out of range"),

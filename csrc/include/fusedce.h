@@ -88,12 +88,13 @@ typedef struct fusedce_bce_args {
     const void *target;          /* rows x classes, the logits' dtype */
     const void *weight;          /* NULL, classes values (weight_per_class) or rows x classes */
     int weight_per_class;
-    const void *pos_weight;      /* classes values, or NULL */
+    const void *pos_weight;      /* classes values, rows x classes (pos_weight_per_element), or NULL */
     const void *grad_scale;      /* rows x classes per-element factors s, or NULL */
     double grad_scale_all;       /* s when grad_scale is NULL */
     void *loss;                  /* rows x classes element losses (the logits' dtype), or NULL */
     double *loss_sum;            /* the sum of every element loss, or NULL */
     void *grad;                  /* rows x classes gradient, or NULL; may equal logits */
+    int pos_weight_per_element;  /* pos_weight holds rows x classes values (else classes) */
 } fusedce_bce_args;
 
 int fusedce_bce_f32(const fusedce_bce_args *args);

@@ -98,7 +98,7 @@ def _softmax_family(mode, x):
     if is_cuda_array(x):
         return getattr(_cuda(), mode)(x)
     arr = _checks.as_logits(x, "x")
-    x2d = np.ascontiguousarray(arr).reshape(-1, arr.shape[-1])
+    x2d = _checks.as_rows(arr)
     out, lse = _cpu.softmax_family(mode, x2d)
     if out is None:
         return lse.reshape(arr.shape[:-1]).astype(_out_dtype(arr), copy=False)

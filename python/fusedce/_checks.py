@@ -49,8 +49,8 @@ def as_array(value, name, what="an array"):
 
 
 def as_logits(logits, name="logits"):
-    """The logits as an ndarray of a supported dtype with at least one axis and K >= 1
-    (in native byte order: a byte-swapped array is copied)."""
+    """The logits as an ndarray of a supported dtype with at least one axis (in native byte
+    order: a byte-swapped array is copied). K = 0 classes is allowed: see rows_of."""
     arr = as_array(logits, name, "an array of floats")
     if arr is not logits:
         if arr.dtype.kind in "iu" and arr.dtype != np.bool_:
@@ -62,9 +62,15 @@ def as_logits(logits, name="logits"):
     arr = native_order(arr)
     if arr.ndim < 1:
         raise ValueError(f"{name} must have at least 1 dimension (..., K), got a 0-d array")
-    if arr.shape[-1] == 0:
-        raise ValueError(f"{name} must have K >= 1 classes on its last axis, got shape {arr.shape}")
     return arr
+
+
+def as_rows(arr):
+    """arr (..., K) as a C-contiguous (rows, K) array; the rows given explicitly, since
+    reshape(-1, 0) cannot infer them. With K = 0 there is nothing to score: every row's lse
+    is log(0) = -inf and its loss an empty sum, 0 (z_loss and label_smoothing have no class
+    to act on); class targets must then all be ignore_index."""
+    return np.ascontiguousarray(arr).reshape(math.prod(arr.shape[:-1]), arr.shape[-1])
 
 
 def _as_int(value, name):
@@ -143,7 +149,7 @@ def as_probability_target(t, logits, ignore_index):
             f"ignore_index does not apply to probability targets (got ignore_index={ignore_index}); "
             "give a row all-zero probabilities to leave it out of the sum"
         )
-    return np.ascontiguousarray(t, dtype=logits.dtype).reshape(-1, logits.shape[-1])
+    return as_rows(np.asarray(t, dtype=logits.dtype))
 
 
 def as_weight(weight, num_classes):
@@ -285,7 +291,7 @@ def check_ce(
         lse64 = None if lse is NO_LSE else as_lse(lse, batch_shape)
         check_grad_destination(logits, arr, inplace, out,
                                {"target": t, "weight": w, "grad_output": grad_scale, "lse": lse64})
-    x = np.ascontiguousarray(arr).reshape(-1, num_classes)
+    x = as_rows(arr)
     denominator = 1.0
     if reduction == "mean":
         # torch: class targets divide by the counted rows' summed target weight, probability
@@ -387,7 +393,7 @@ class BCECall:
     x: np.ndarray  # (rows, C) C-contiguous
     target: np.ndarray  # (rows, C), the logits' dtype
     weight: np.ndarray | None  # (C,) per class, or (rows, C); float64
-    pos_weight: np.ndarray | None  # (C,) float64
+    pos_weight: np.ndarray | None  # (C,) per class, or (rows, C); float64
     reduction: str
     grad_scale: float | np.ndarray | None  # scalar, or (rows, C) float64 with reduction='none'
     grad: np.ndarray | None
@@ -397,12 +403,36 @@ class BCECall:
     def weight_per_class(self):
         return self.weight is not None and self.weight.ndim == 1
 
+    @property
+    def pos_weight_per_class(self):
+        return self.pos_weight is not None and self.pos_weight.ndim == 1
+
 
 def _bce_float_array(value, name):
     a = as_array(value, name)
     if not is_float_array(a) and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
     return a
+
+
+def _bce_broadcast(value, name, shape, rows, classes):
+    """weight / pos_weight broadcast to the logits' shape, as torch broadcasts them: a (C,)
+    float64 vector when it varies along the last axis only (one per class), else
+    materialised to (rows, C). A shape that would make the logits' larger is refused."""
+    if value is None:
+        return None
+    a = _bce_float_array(value, name)
+    check_finite(a, name)
+    try:
+        full = np.broadcast_shapes(a.shape, shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {a.shape} does not broadcast to the logits' shape {shape}") from None
+    if full != shape:
+        raise ValueError(f"{name} of shape {a.shape} would broadcast the logits' shape {shape} larger")
+    a = a.astype(np.float64)
+    if all(n == 1 for n in a.shape[:-1]):  # per class (or one value): kept as a (C,) vector
+        return np.ascontiguousarray(np.broadcast_to(a.reshape(a.shape[-1:]), (classes,)))
+    return np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(rows, classes)
 
 
 def check_bce(logits, target, *, weight, pos_weight, reduction, grad_output=None, inplace=False, out=None,
@@ -420,29 +450,8 @@ def check_bce(logits, target, *, weight, pos_weight, reduction, grad_output=None
         raise ValueError(f"target must have the logits' shape {arr.shape}, got {t.shape}")
     classes = arr.shape[-1] if arr.ndim else 1
     rows = math.prod(arr.shape[:-1])  # explicit: reshape(-1, 0) cannot infer the rows when classes = 0
-    w = None
-    if weight is not None:
-        wa = _bce_float_array(weight, "weight")
-        check_finite(wa, "weight")
-        try:
-            np.broadcast_shapes(wa.shape, arr.shape)
-        except ValueError:
-            raise ValueError(f"weight of shape {wa.shape} does not broadcast to the logits' shape {arr.shape}") from None
-        if np.broadcast_shapes(wa.shape, arr.shape) != arr.shape:
-            raise ValueError(f"weight of shape {wa.shape} would broadcast the logits' shape {arr.shape} larger")
-        if wa.ndim <= 1:  # per class (or one value): kept as a (C,) vector
-            w = np.ascontiguousarray(np.broadcast_to(wa.astype(np.float64), (classes,)))
-        else:  # anything else is materialised to the logits' shape
-            w = np.ascontiguousarray(np.broadcast_to(wa.astype(np.float64), arr.shape)).reshape(rows, classes)
-    pw = None
-    if pos_weight is not None:
-        pa = _bce_float_array(pos_weight, "pos_weight")
-        check_finite(pa, "pos_weight")
-        if pa.ndim > 1 or (pa.ndim == 1 and pa.shape[0] not in (1, classes)):
-            raise ValueError(
-                f"pos_weight must have shape ({classes},) (one per class, the last axis), got {pa.shape}"
-            )
-        pw = np.ascontiguousarray(np.broadcast_to(pa.astype(np.float64), (classes,)))
+    w = _bce_broadcast(weight, "weight", arr.shape, rows, classes)
+    pw = _bce_broadcast(pos_weight, "pos_weight", arr.shape, rows, classes)
     x = np.ascontiguousarray(arr).reshape(rows, classes)
     t = np.ascontiguousarray(t, dtype=arr.dtype).reshape(rows, classes)
     grad_scale = grad = grad_result = None

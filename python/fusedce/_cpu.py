@@ -82,6 +82,7 @@ def binary_cross_entropy(call, *, want_elements):
             args.weight_per_class = call.weight_per_class
         if call.pos_weight is not None:
             args.pos_weight = ptr(np.ascontiguousarray(call.pos_weight, dtype=compute))
+            args.pos_weight_per_element = not call.pos_weight_per_class
         if isinstance(call.grad_scale, np.ndarray):
             args.grad_scale = ptr(np.ascontiguousarray(call.grad_scale, dtype=compute))
         elif call.grad_scale is not None:
@@ -101,7 +102,11 @@ def cross_entropy(call, *, want_loss, want_lse=False, lse_in=None):
     rows, classes = call.rows, call.classes
     loss = np.empty(rows, np.float64) if want_loss else None
     lse = np.empty(rows, np.float64) if want_lse else None
-    if rows == 0:
+    if rows == 0 or classes == 0:  # nothing to score (_checks.as_rows): loss 0, lse -inf
+        if loss is not None:
+            loss.fill(0.0)
+        if lse is not None:
+            lse.fill(-np.inf)
         return loss, lse
     name = call.x.dtype.name
     args = ffi.new("fusedce_ce_args *")
@@ -147,7 +152,8 @@ def softmax_family(mode, x2d):
     rows, classes = x2d.shape
     lse = np.empty(rows, np.float64)
     out = None if mode == "logsumexp" else np.empty_like(x2d)
-    if rows == 0:
+    if rows == 0 or classes == 0:
+        lse.fill(-np.inf)  # log of an empty sum
         return out, lse
     xb = _buf(x2d)
     ob = _buf(out) if out is not None else ffi.NULL

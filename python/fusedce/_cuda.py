@@ -550,6 +550,12 @@ def _launch(call, out_kind, *, want_loss=False, want_lse=False, lse_in=None, out
     lse = call.empty(rows, ct) if want_lse else _dummy(ct, 1)
     if rows == 0:
         return loss, lse
+    if K == 0:  # nothing to score (_checks.as_rows): loss 0, lse -inf
+        if want_loss:
+            loss = call.upload(np.zeros(rows, ct))
+        if want_lse:
+            lse = call.upload(np.full(rows, -np.inf, ct))
+        return loss, lse
     kern = kernels.row_kernels(call.dtype.name, MAX_THREADS)
     cap = ct.type(call.softcap)
     inv_cap = ct.type(1.0 / call.softcap if call.softcap else 0.0)
@@ -729,7 +735,7 @@ def _prepare_bce(logits, target, weight, pos_weight, reduction, grad_output=1.0,
     if checked.weight is not None:
         call.weight = call.upload(checked.weight.reshape(-1, call.classes).astype(ct))
     if checked.pos_weight is not None:
-        call.pos_weight = call.upload(checked.pos_weight.astype(ct))
+        call.pos_weight = call.upload(checked.pos_weight.reshape(-1, call.classes).astype(ct))
     if want_grad:
         if isinstance(checked.grad_scale, np.ndarray):
             call.scale_arr = call.upload(checked.grad_scale.astype(ct))
@@ -768,9 +774,10 @@ def _run_bce(call, checked, want_grad):
     partial = call.empty(blocks, np.float64)
     weight, pos_weight = call.weight, call.pos_weight
     weight_mode = 0 if weight is None else (1 if checked.weight_per_class else 2)
+    pos_weight_mode = 0 if pos_weight is None else (1 if checked.pos_weight_per_class else 2)
     kernels.bce_kernels(call.dtype.name, MAX_THREADS).bce[blocks, threads, call.stream](
         call.x, call.probs, weight if weight is not None else _dummy(ct, 2), weight_mode,
-        pos_weight if pos_weight is not None else _dummy(ct, 1), pos_weight is not None,
+        pos_weight if pos_weight is not None else _dummy(ct, 2), pos_weight_mode,
         call.scale_arr if call.scale_arr is not None else _dummy(ct, 2), call.scale_arr is not None,
         call.scale, elements.reshape(call.rows, call.classes) if want_elements else _dummy(call.dtype, 2),
         want_elements, call.grad if want_grad else _dummy(call.dtype, 2), want_grad, partial)

@@ -416,11 +416,11 @@ def bce_kernels(dtype_name: str, max_threads: int):
     zero, one = np_ct(0.0), np_ct(1.0)
 
     @cuda.jit
-    def bce(x, target, weight, weight_mode, pos_weight, has_pos_weight, scale_arr, has_scale_arr,
+    def bce(x, target, weight, weight_mode, pos_weight, pos_weight_mode, scale_arr, has_scale_arr,
             scale, loss_out, want_elements, grad, want_grad, partial):
         """Element losses (and their float64 sum, one partial per block) and gradients:
         l = w [(1 - t) x + L softplus(-x)], g = s w [L sigmoid(x) - pw t], L = 1 + (pw - 1) t.
-        weight_mode: 0 none, 1 per class (C,), 2 per element (rows, C)."""
+        weight_mode, pos_weight_mode: 0 none, 1 per class (1, C), 2 per element (rows, C)."""
         red = cuda.shared.array(max_threads, float64)
         tid = cuda.threadIdx.x
         classes = x.shape[1]
@@ -437,7 +437,11 @@ def bce_kernels(dtype_name: str, max_threads: int):
                 w = weight[0, c]
             elif weight_mode == 2:
                 w = weight[r, c]
-            pw = pos_weight[c] if has_pos_weight else one
+            pw = one
+            if pos_weight_mode == 1:
+                pw = pos_weight[0, c]
+            elif pos_weight_mode == 2:
+                pw = pos_weight[r, c]
             big = one + (pw - one) * t
             e = ct(math.exp(-abs(v)))
             softplus_neg = max(-v, zero) + ct(math.log1p(e))

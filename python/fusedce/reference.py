@@ -49,6 +49,8 @@ def _capped(x, softcap):
 
 
 def _lse(y):
+    if y.shape[-1] == 0:
+        return np.full(y.shape[:-1], -np.inf)  # log of an empty sum
     m = np.max(y, axis=-1, keepdims=True)
     m = np.where(m == -np.inf, 0.0, m)  # an all -inf row has lse = log(0) = -inf, not NaN
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -57,6 +59,9 @@ def _lse(y):
 
 def _forward(call):
     """(per-row weighted loss, per-row lse, capped logits y, what _grad needs), in float64."""
+    if call.classes == 0:  # nothing to score (_checks.as_rows)
+        rows = call.rows
+        return np.zeros(rows), np.full(rows, -np.inf), np.zeros((rows, 0)), None
     x = call.x.astype(np.float64)
     y = _capped(x, call.softcap)
     lse = _lse(y)
@@ -87,6 +92,8 @@ def _forward(call):
 
 def _grad(call, lse, y, parts):
     e, K = call.label_smoothing, call.classes
+    if K == 0:
+        return np.zeros((call.rows, 0))
     scale = np.broadcast_to(np.asarray(call.grad_scale, dtype=np.float64), (call.rows,))[:, None]
     with np.errstate(invalid="ignore", over="ignore"):
         p = np.exp(y - lse[:, None])

@@ -453,13 +453,13 @@ static void ce_one(int dt, int64_t rows, int64_t K, int opt)
 
 typedef struct {
     const char *name;
-    int weight; /* 0 none, 1 per class, 2 per element */
-    int pos_weight, per_element_scale;
+    int weight, pos_weight; /* 0 none, 1 per class, 2 per element */
+    int per_element_scale;
 } bce_opts;
 
 static const bce_opts BCE_OPTS[] = {
     {"plain", 0, 0, 0}, {"class weight", 1, 0, 0}, {"element weight, pos_weight", 2, 1, 0},
-    {"pos_weight, element scale", 0, 1, 1}, {"all", 1, 1, 1},
+    {"pos_weight, element scale", 0, 1, 1}, {"all", 1, 1, 1}, {"element pos_weight", 1, 2, 0},
 };
 #define N_BCE_OPTS ((int)(sizeof(BCE_OPTS) / sizeof(BCE_OPTS[0])))
 
@@ -473,7 +473,7 @@ static void bce_one(int dt, int64_t rows, int64_t K, int opt)
     rng_seed(10 + (uint64_t)dt, (uint64_t)K, (uint64_t)(rows * 100 + opt));
     in_buf x = in_new(n * es, K % 2 ? es : 0), t = in_new(n * es, 0);
     in_buf w = in_new(o->weight == 2 ? n * cs : o->weight ? (size_t)K * cs : 0, 0);
-    in_buf pw = in_new(o->pos_weight ? (size_t)K * cs : 0, 0), go = in_new(o->per_element_scale ? n * cs : 0, 0);
+    in_buf pw = in_new(o->pos_weight == 2 ? n * cs : o->pos_weight ? (size_t)K * cs : 0, 0), go = in_new(o->per_element_scale ? n * cs : 0, 0);
     fill_values(dt, x.p, (int64_t)n);
     fill_probabilities(dt, t.p, (int64_t)n);
     fill_compute(dt, w.p, (int64_t)(w.bytes / cs), 0.0, 2.0);
@@ -492,7 +492,7 @@ static void bce_one(int dt, int64_t rows, int64_t K, int opt)
         memset(&a, 0, sizeof a);
         a.rows = rows, a.classes = K, a.logits = x.p, a.target = t.p;
         a.weight = o->weight ? w.p : NULL, a.weight_per_class = o->weight == 1;
-        a.pos_weight = o->pos_weight ? pw.p : NULL;
+        a.pos_weight = o->pos_weight ? pw.p : NULL, a.pos_weight_per_element = o->pos_weight == 2;
         a.grad_scale = o->per_element_scale ? go.p : NULL, a.grad_scale_all = 0.75;
         const fusedce_bce_args base = a;
         a.loss = loss[i].p, a.grad = grad[i].p, a.loss_sum = &sum[i];

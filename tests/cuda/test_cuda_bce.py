@@ -18,6 +18,8 @@ def make_case(rng, shape, dtype, spec):
         opts["pos_weight"] = rng.uniform(0.5, 3.0, classes)
     if "element_weights" in spec:
         opts["weight"] = rng.uniform(0.5, 2.0, shape)
+    if "row_pos_weights" in spec:  # broadcast from (rows, 1): one per element on the device
+        opts["pos_weight"] = rng.uniform(0.5, 3.0, shape[:-1] + (1,))
     if "none" in spec:
         opts["reduction"] = "none"
         grad_output = rng.standard_normal(shape)
@@ -52,7 +54,7 @@ def test_shapes(h, rng, dtype, shape):
 
 
 @pytest.mark.parametrize("spec", [("class_weights",), ("element_weights", "none"), ("class_weights", "sum"),
-                                  ("class_weights", "none")])
+                                  ("class_weights", "none"), ("row_pos_weights",), ("row_pos_weights", "none")])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_options(h, rng, dtype, spec):
     check(h, *make_case(rng, (3, 5), dtype, spec))

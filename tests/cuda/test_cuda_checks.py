@@ -70,8 +70,8 @@ def test_bad_arguments_match_reference(h, case):
             lambda: _cuda.cross_entropy_with_grad(dx, h.dev(target["target"]), **dev_kwargs))
     raises_like_reference(lambda: ref.cross_entropy_backward(x, t, np.zeros(6)),
                           lambda: _cuda.cross_entropy_backward(dx, dt, h.dev(np.zeros(6))))
-    raises_like_reference(lambda: ref.softmax(np.zeros((3, 0))),
-                          lambda: _cuda.softmax(h.dev(np.zeros((3, 0)))))
+    raises_like_reference(lambda: ref.cross_entropy(np.zeros((3, 0)), np.zeros(3, np.int64)),
+                          lambda: _cuda.cross_entropy(h.dev(np.zeros((3, 0))), h.dev(np.zeros(3, np.int64))))
     raises_like_reference(lambda: ref.cross_entropy(np.ones((2, 5), np.int64), t[0, :2]),
                           lambda: _cuda.cross_entropy(h.dev(np.ones((2, 5), np.int64)), dt[0, :2]))
     np.testing.assert_array_equal(h.host(dx), x)
@@ -184,3 +184,18 @@ def test_gradient_must_not_overwrite_inputs(h, rng):
         lambda: _cuda.cross_entropy_with_grad(h.dev(x), h.dev(t), reduction="none",
                                               grad_output=dev_big[:6].reshape(2, 3),
                                               out=dev_big[:30].reshape(2, 3, 5)))
+
+
+def test_no_classes(h):
+    """K = 0, as the CPU and the reference have it (_checks.as_rows): lse -inf, loss 0 per row,
+    empty gradient and softmax."""
+    x = h.dev(np.zeros((3, 0), np.float32))
+    ignored, probs = h.dev(np.full(3, -100)), h.dev(np.zeros((3, 0), np.float32))
+    for target in (ignored, probs):
+        loss, lse = _cuda.cross_entropy_forward(x, target, reduction="none", z_loss=0.1, label_smoothing=0.1)
+        np.testing.assert_array_equal(h.host(loss), np.zeros(3))
+        np.testing.assert_array_equal(h.host(lse), np.full(3, -np.inf))
+        loss, grad = _cuda.cross_entropy_with_grad(x, target)
+        assert loss == 0.0 and tuple(grad.shape) == (3, 0)
+    np.testing.assert_array_equal(h.host(_cuda.logsumexp(x)), np.full(3, -np.inf))
+    assert tuple(_cuda.softmax(x).shape) == (3, 0)

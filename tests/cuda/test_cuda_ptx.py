@@ -44,7 +44,7 @@ COMPILE_ALL = textwrap.dedent(
         ptx(rk.chunk_stats, x, i64, x, w, True, True, True, True, -100, 1.0, 0.1, ct(0), ct(0), 1, 3,
             parts, c1)
         w2 = np.zeros((1, 3), ct)
-        ptx(K.bce_kernels(dt, 512).bce, x, x, w2, 1, w, True, w2, True, 1.0, x, True, x, True, f64)
+        ptx(K.bce_kernels(dt, 512).bce, x, x, w2, 1, w2, 2, w2, True, 1.0, x, True, x, True, f64)
         ptx(K.reduce_kernels(512).cast, f64, np.zeros(2, dt))
     red = K.reduce_kernels(512)
     ptx(red.check_targets, np.zeros(2, np.int32), f64, True, -100, 3, np.zeros((2, 2)))
