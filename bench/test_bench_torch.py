@@ -1,10 +1,14 @@
 """fusedce.torch against torch's own loss on the CPU: forward + backward through autograd.
 
     pytest bench/test_bench_torch.py --benchmark-only
-    pytest bench/test_bench_torch.py --benchmark-only -k 4096x32000
+    pytest bench/test_bench_torch.py --benchmark-only -k "4096x32000 and float16"
 
-Time: pytest-benchmark rounds of ``torch.autograd.grad(loss(logits, target), logits)``
-(autograd.grad, so that no .grad accumulates between rounds).
+Time: pytest-benchmark rounds of ``torch.autograd.grad(scale * loss(logits, target), logits)``
+(autograd.grad, so that no .grad accumulates between rounds). The cases: class targets in
+float32 at two shapes; float16 and bfloat16 logits with the upstream gradient 1 and with a loss
+scale of 1024 (what mixed-precision training does, and where a half gradient must not be
+rounded before the scale: the adapter then computes it in backward, from the saved lse);
+probability targets and BCE with logits in float32.
 
 Peak extra memory: tracemalloc does not see torch's allocations, so this reads the process's
 peak resident set (VmHWM in /proc/self/status) after resetting it to the current RSS
@@ -30,13 +34,31 @@ torch = pytest.importorskip("torch")
 import fusedce  # noqa: E402
 import fusedce.torch as ft  # noqa: E402
 
-SHAPES = [(4096, 32000), (512, 131072)]
+F = torch.nn.functional
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# (kind, (batch, classes), dtype, upstream gradient)
+CASES = [
+    ("ce", (4096, 32000), "float32", 1.0),
+    ("ce", (512, 131072), "float32", 1.0),
+    ("ce", (4096, 32000), "float16", 1.0),
+    ("ce", (4096, 32000), "float16", 1024.0),
+    ("ce", (4096, 32000), "bfloat16", 1.0),
+    ("ce", (4096, 32000), "bfloat16", 1024.0),
+    ("soft", (4096, 32000), "float32", 1.0),
+    ("bce", (4096, 32000), "float32", 1.0),
+]
 LOSSES = {
-    "torch": torch.nn.functional.cross_entropy,
-    "fusedce": ft.cross_entropy,
-    "fusedce-inplace": lambda x, t: ft.cross_entropy(x, t, inplace_backward=True),
+    "ce": {"torch": F.cross_entropy, "fusedce": ft.cross_entropy,
+           "fusedce-inplace": lambda x, t: ft.cross_entropy(x, t, inplace_backward=True)},
+    "soft": {"torch": F.cross_entropy, "fusedce": ft.cross_entropy},
+    "bce": {"torch": F.binary_cross_entropy_with_logits, "fusedce": ft.binary_cross_entropy_with_logits},
 }
 ROUNDS = 7  # medians: a fresh buffer's first touch sometimes costs a second on a VM
+
+
+def _case_id(case):
+    kind, (batch, classes), dtype, scale = case
+    return f"{kind}-{batch}x{classes}-{dtype}" + (f"-scale{scale:g}" if scale != 1.0 else "")
 
 
 def _status_kib(field):
@@ -58,18 +80,23 @@ def peak_extra_bytes(step):
     return (peak - before) * 1024
 
 
-@pytest.fixture(scope="module", params=SHAPES, ids=[f"{b}x{k}" for b, k in SHAPES])
+@pytest.fixture(scope="module", params=CASES, ids=[_case_id(c) for c in CASES])
 def problem(request):
-    """(logits, pristine copy, target) float32; the copy restores the logits that
+    """(case, logits, pristine copy, target); the copy restores the logits that
     inplace_backward overwrites, outside the timed region."""
-    batch, classes = request.param
-    for loss_fn in LOSSES.values():  # first calls initialise libraries: not the step's memory
+    kind, (batch, classes), dtype, _ = request.param
+    for loss_fn in LOSSES["ce"].values():  # first calls initialise libraries: not the step's memory
         tiny = torch.zeros(2, 3, requires_grad=True)
         torch.autograd.grad(loss_fn(tiny * 1, torch.zeros(2, dtype=torch.long)), tiny)
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(batch, classes, generator=gen) * 4
-    target = torch.randint(0, classes, (batch,), generator=gen)
-    return logits.requires_grad_(), logits.detach().clone(), target
+    logits = (torch.randn(batch, classes, generator=gen) * 4).to(TORCH_DTYPES[dtype])
+    if kind == "ce":
+        target = torch.randint(0, classes, (batch,), generator=gen)
+    elif kind == "soft":
+        target = torch.softmax(torch.randn(batch, classes, generator=gen), -1).to(logits.dtype)
+    else:
+        target = (torch.rand(batch, classes, generator=gen) < 0.01).to(logits.dtype)
+    return request.param, logits.requires_grad_(), logits.detach().clone(), target
 
 
 @pytest.fixture(scope="module")
@@ -89,39 +116,43 @@ def summary(request):
 def _write_summary(reporter, rows):
     info = fusedce.cpu_info()
     reporter.write_line("")
-    reporter.write_line(f"fusedce.torch vs torch, CPU fwd+bwd, float32; fusedce ISA {info['active_isa']} "
+    reporter.write_line(f"fusedce.torch vs torch, CPU fwd+bwd; fusedce ISA {info['active_isa']} "
                         f"(detected {info['detected_isa']}), {info['num_threads']} threads; "
                         f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for shape in sorted({shape for shape, _ in rows}):
-        base = rows.get((shape, "torch"))
-        for name in LOSSES:
-            if (shape, name) not in rows:
+    for case in CASES:
+        base = rows.get((case, "torch"))
+        for name in LOSSES[case[0]]:
+            if (case, name) not in rows:
                 continue
-            median, fastest, buffers = rows[(shape, name)]
+            median, fastest, buffers = rows[(case, name)]
             speedup = f"{base[0] / median:5.2f}x torch" if base else ""
-            reporter.write_line(f"  {f'{shape[0]}x{shape[1]}':11} {name:16} median {median * 1e3:7.1f} ms "
+            reporter.write_line(f"  {_case_id(case):32} {name:16} median {median * 1e3:7.1f} ms "
                                 f"(min {fastest * 1e3:7.1f})  {speedup:12}  "
                                 f"peak extra {buffers:4.2f} logits buffers")
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
+@pytest.mark.parametrize("name", ["torch", "fusedce", "fusedce-inplace"])
 def test_forward_backward(benchmark, problem, summary, name):
-    logits, pristine, target = problem
-    loss_fn = LOSSES[name]
+    case, logits, pristine, target = problem
+    kind, _, dtype, scale = case
+    if name not in LOSSES[kind]:
+        pytest.skip(f"no {name} variant for {kind}")
+    loss_fn = LOSSES[kind][name]
 
     def restore():
         with torch.no_grad():
             logits.copy_(pristine)
 
     def step():
-        (grad,) = torch.autograd.grad(loss_fn(logits, target), logits)
+        loss = loss_fn(logits, target)
+        (grad,) = torch.autograd.grad(loss * scale if scale != 1.0 else loss, logits)
         return grad
 
     restore()
     buffers = peak_extra_bytes(step) / (logits.numel() * logits.element_size())
-    benchmark.group = f"torch fwd+bwd {logits.shape[0]}x{logits.shape[1]} float32"
+    benchmark.group = f"torch fwd+bwd {_case_id(case)}"
     benchmark.extra_info.update(peak_extra_logits_buffers=round(buffers, 3), isa=fusedce.cpu_info()["active_isa"])
     benchmark.pedantic(step, setup=restore, rounds=ROUNDS, warmup_rounds=1)
     if benchmark.stats:
         stats = benchmark.stats.stats
-        summary[(tuple(logits.shape), name)] = (stats.median, stats.min, buffers)
+        summary[(case, name)] = (stats.median, stats.min, buffers)

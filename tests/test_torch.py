@@ -292,8 +292,12 @@ def test_bad_inputs_raise_clear_errors():
     target = torch.randint(0, 5, (4, 3))
     with pytest.raises(ValueError, match=r"target must have shape \(4, 3\)"):
         ft.cross_entropy(x, target[:, 0])
-    with pytest.raises(TypeError, match="probability targets"):
-        ft.cross_entropy(x, torch.rand(4, 5, 3))
+    with pytest.raises(ValueError, match=r"target of probabilities must have the input's shape \(4, 5, 3\)"):
+        ft.cross_entropy(x, torch.rand(4, 5))
+    with pytest.raises(TypeError, match="class indices .* or probabilities"):
+        ft.cross_entropy(x, target > 2)
+    with pytest.raises(ValueError, match="ignore_index does not apply to probability targets"):
+        ft.cross_entropy(x, torch.rand(4, 5, 3), ignore_index=1)
     with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
         ft.cross_entropy(torch.ones(4, 5, dtype=torch.int64), target[:, 0])
     bad = target.clone()
