@@ -20,6 +20,7 @@ from ._api import (
     softmax,
 )
 from ._cpu import available_isas, get_num_threads, set_isa, set_num_threads
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [
     "logsumexp",
     "binary_cross_entropy_with_logits",
     "binary_cross_entropy_with_logits_with_grad",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "reference",
     "cpu_info",
     "set_isa",

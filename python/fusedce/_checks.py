@@ -79,7 +79,7 @@ def _as_int(value, name):
     return int(value)
 
 
-def _as_real(value, name):
+def as_real(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     return float(value)
@@ -92,16 +92,16 @@ def check_options(reduction, label_smoothing, z_loss, softcap, ignore_index):
     ignore_index = _as_int(ignore_index, "ignore_index")
     if not -(2**63) <= ignore_index < 2**63:
         raise ValueError(f"ignore_index must fit in a 64-bit signed integer, got {ignore_index}")
-    label_smoothing = _as_real(label_smoothing, "label_smoothing")
+    label_smoothing = as_real(label_smoothing, "label_smoothing")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    z_loss = _as_real(z_loss, "z_loss")
+    z_loss = as_real(z_loss, "z_loss")
     if not (math.isfinite(z_loss) and z_loss >= 0.0):
         raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss}")
     if softcap is None:
         softcap = 0.0
     else:
-        softcap = _as_real(softcap, "softcap")
+        softcap = as_real(softcap, "softcap")
         if not (math.isfinite(softcap) and softcap > 0.0):
             raise ValueError(f"softcap must be None or a finite number > 0, got {softcap}")
     return reduction, label_smoothing, z_loss, softcap, ignore_index
@@ -142,13 +142,18 @@ def is_float_array(a) -> bool:
     return a.dtype.kind == "f" or dtype_name(a.dtype) == "bfloat16"
 
 
-def as_probability_target(t, logits, ignore_index):
-    """Probability targets (the logits' shape) as a (B, K) array of the logits' dtype."""
+def check_ignore_index_unused(ignore_index):
+    """Probability targets have no ignore_index: one given is a mistake, said so."""
     if ignore_index != -100:
         raise ValueError(
             f"ignore_index does not apply to probability targets (got ignore_index={ignore_index}); "
             "give a row all-zero probabilities to leave it out of the sum"
         )
+
+
+def as_probability_target(t, logits, ignore_index):
+    """Probability targets (the logits' shape) as a (B, K) array of the logits' dtype."""
+    check_ignore_index_unused(ignore_index)
     return as_rows(np.asarray(t, dtype=logits.dtype))
 
 
