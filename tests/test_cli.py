@@ -205,6 +205,16 @@ def test_info(capsys):
         assert label in out
     assert f"active {info['active_isa']}" in out
     assert ", ".join(info["available_isas"]) in out
+    threads_line = next(line for line in out.splitlines() if line.startswith("threads:"))
+    assert threads_line.endswith(", OpenMP" if info["openmp"] else ", built without OpenMP: one thread")
+
+
+def test_openmp_flag_matches_the_thread_runtime():
+    """cpu_info()['openmp'] comes from the C build (_OPENMP); a build without it offers one thread."""
+    info = fusedce.cpu_info()
+    assert isinstance(info["openmp"], bool)
+    if not info["openmp"]:
+        assert info["max_threads"] == 1
 
 
 def _sysfs_cache_bytes(level):
