@@ -21,6 +21,7 @@ from ._api import (
 )
 from ._cpu import available_isas, get_num_threads, set_isa, set_num_threads
 
+# The one place the version is written: the build reads it from here (pyproject.toml).
 __version__ = "0.1.0"
 
 __all__ = [
