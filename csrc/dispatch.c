@@ -185,6 +185,15 @@ int fusedce_max_threads(void)
 #endif
 }
 
+int fusedce_openmp(void)
+{
+#ifdef _OPENMP
+    return _OPENMP;
+#else
+    return 0;
+#endif
+}
+
 int fusedce_get_num_threads(void)
 {
     ce_ensure_init();

@@ -205,6 +205,33 @@ def test_info(capsys):
         assert label in out
     assert f"active {info['active_isa']}" in out
     assert ", ".join(info["available_isas"]) in out
+    threads_line = next(line for line in out.splitlines() if line.startswith("threads:"))
+    assert threads_line.endswith(", OpenMP" if info["openmp"] else ", built without OpenMP: one thread")
+
+
+def test_openmp_flag_matches_the_thread_runtime():
+    """cpu_info()['openmp'] comes from the C build (_OPENMP); a build without it offers one thread."""
+    info = fusedce.cpu_info()
+    assert isinstance(info["openmp"], bool)
+    if not info["openmp"]:
+        assert info["max_threads"] == 1
+
+
+def test_version_in_one_place(capsys):
+    """`fusedce --version` prints __version__, which is also what the installed metadata says
+    (the build reads it from __init__.py)."""
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fusedce {fusedce.__version__}"
+    assert importlib.metadata.version("fusedce") == fusedce.__version__
+    proc = subprocess.run([sys.executable, "-m", "fusedce", "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    # the last line: an editable install's rebuild prints its own lines first
+    assert proc.stdout.strip().splitlines()[-1] == f"fusedce {fusedce.__version__}"
 
 
 def _sysfs_cache_bytes(level):

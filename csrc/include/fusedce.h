@@ -122,6 +122,7 @@ const char *fusedce_isa_name(int isa);
 int fusedce_get_num_threads(void);
 void fusedce_set_num_threads(int n);        /* n <= 0: all cores */
 int fusedce_max_threads(void);              /* what the runtime offers (cores) */
+int fusedce_openmp(void);                   /* _OPENMP (yyyymm) when built with OpenMP, else 0 (one thread) */
 
 /* The per-core L2 and the last-level cache (one instance) in bytes, as the kernels use them:
  * rows larger than half the L2 are split over threads; gradients larger than the LLC are

@@ -22,6 +22,7 @@ from ._api import (
 from ._cpu import available_isas, get_num_threads, set_isa, set_num_threads
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
+# The one place the version is written: the build reads it from here (pyproject.toml).
 __version__ = "0.1.0"
 
 __all__ = [
@@ -47,9 +48,10 @@ __all__ = [
 
 
 def cpu_info():
-    """The CPU backend's state: detected and active ISA, available ISAs, threads, and the cache
-    sizes the kernels plan with (rows over half the L2 are split over threads; gradients over
-    the last-level cache are written with streaming stores)."""
+    """The CPU backend's state: detected and active ISA, available ISAs, threads (and whether
+    the build has OpenMP: without it, one thread), and the cache sizes the kernels plan with
+    (rows over half the L2 are split over threads; gradients over the last-level cache are
+    written with streaming stores)."""
     from . import _cpu
 
     l2, llc = _cpu.cache_bytes()
@@ -59,6 +61,7 @@ def cpu_info():
         "available_isas": _cpu.available_isas(),
         "num_threads": _cpu.get_num_threads(),
         "max_threads": _cpu.max_threads(),
+        "openmp": _cpu.openmp(),
         "l2_bytes": l2,
         "llc_bytes": llc,
     }

@@ -5,6 +5,7 @@
     fusedce bench --loss soft --loss bce   probability targets and binary cross-entropy
     fusedce check                      correctness only: every ISA, every dtype, small shapes
     fusedce info                       version, build, ISAs, threads, CUDA, torch
+    fusedce --version
 
 Exit status: 0 on success, 1 when a result is wrong, 2 for a bad request.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _bench
+from . import __version__, _bench
 from ._cpu import ISA_NAMES
 
 
@@ -44,6 +45,7 @@ def _expand_all(chosen, every, default):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="fusedce", description="Fused softmax + cross-entropy kernels.")
+    parser.add_argument("--version", action="version", version=f"fusedce {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{bench,check,info}")
 
     bench = commands.add_parser(

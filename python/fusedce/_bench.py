@@ -979,7 +979,8 @@ def info_lines(env):
         ("machine", f"{env['machine']['cpu_model']}, {env['machine']['cores']} cores, {env['machine']['platform']}"),
         ("ISA", f"detected {cpu['detected_isa']}, active {cpu['active_isa']}"),
         ("available ISAs", ", ".join(cpu["available_isas"])),
-        ("threads", f"{cpu['threads']} (max {cpu['max_threads']})"),
+        ("threads", f"{cpu['threads']} (max {cpu['max_threads']}), "
+                    + ("OpenMP" if cpu["openmp"] else "built without OpenMP: one thread")),
         ("caches", f"L2 {cpu['l2_bytes'] >> 10} KiB per core, last level {cpu['llc_bytes'] >> 20} MiB "
                    "(rows over L2/2 split across threads; gradients over the LLC streamed)"),
         ("cuda", f"available: {cuda['device']}" if cuda["available"] else f"unavailable ({cuda['reason']})"),

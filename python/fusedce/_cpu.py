@@ -207,6 +207,12 @@ def max_threads():
     return lib.fusedce_max_threads()
 
 
+def openmp():
+    """Whether the C kernels were built with OpenMP (threads); without it (Apple's compiler,
+    say) they run on one thread."""
+    return lib.fusedce_openmp() > 0
+
+
 def cache_bytes():
     """(L2 per core, last-level cache) in bytes, as the kernels' split and streaming use them."""
     return int(lib.fusedce_l2_bytes()), int(lib.fusedce_llc_bytes())
