@@ -1,17 +1,20 @@
 """Many Python threads calling fusedce at once: cffi releases the GIL around every kernel, so
 the kernels really run concurrently; they must be re-entrant and give what serial calls give.
 
-The C side's only mutable state is in dispatch.c: the active kernel table and the thread
+The C side's mutable state is in dispatch.c: the active kernel table and the thread
 count, both read and written with atomics, and the CPU detection, run once under
-pthread_once (docs/guarantees.md).
+pthread_once (docs/guarantees.md); and the buffer pool's lists, under a mutex
+(tests/test_buffer_pool.py).
 """
 
+import os
 import threading
 
 import numpy as np
 import pytest
 
 import fusedce
+from forking import wait_for_child
 
 WORKERS = 8
 ROUNDS = 12
@@ -167,3 +170,36 @@ def test_switching_isa_while_kernels_run():
         _run_concurrently(work, workers=len(problems) + 2)
     finally:
         fusedce.set_isa(before)
+
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads alive (3.12+)
+def test_a_forked_child_computes_on_one_thread():
+    """GNU OpenMP cannot run a parallel region in a child forked after the parent ran one (the
+    child waits for pool threads fork did not copy): the child computes on one thread, and a
+    request for more warns and keeps one. The parent keeps its threads."""
+    before = fusedce.get_num_threads()
+    fusedce.set_num_threads(2)
+    try:
+        problems = _problem(0)
+        expected = [_as_arrays(call()) for _, call in problems]  # the parent's OpenMP team now exists
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                assert fusedce.get_num_threads() == 1
+                with pytest.warns(RuntimeWarning, match="forked child"):
+                    fusedce.set_num_threads(2)
+                assert fusedce.get_num_threads() == 1
+                for (name, call), want in zip(problems, expected):
+                    for got, w in zip(_as_arrays(call()), want):
+                        assert got.tobytes() == w.tobytes(), name
+                ok = True
+            finally:
+                os._exit(0 if ok else 1)
+        status = wait_for_child(pid)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child's results differ"
+        assert fusedce.get_num_threads() == 2
+    finally:
+        fusedce.set_num_threads(before)

@@ -20,6 +20,7 @@ from ._api import (
     softmax,
 )
 from ._cpu import available_isas, get_num_threads, set_isa, set_num_threads
+from ._pool import set_buffer_pool
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "available_isas",
     "set_num_threads",
     "get_num_threads",
+    "set_buffer_pool",
     "is_cuda_array",
 ]
 
@@ -46,8 +48,9 @@ __all__ = [
 def cpu_info():
     """The CPU backend's state: detected and active ISA, available ISAs, threads, and the cache
     sizes the kernels plan with (rows over half the L2 are split over threads; gradients over
-    the last-level cache are written with streaming stores)."""
-    from . import _cpu
+    the last-level cache are written with streaming stores), and what the buffer pool that
+    large results come from holds (see set_buffer_pool)."""
+    from . import _cpu, _pool
 
     l2, llc = _cpu.cache_bytes()
     return {
@@ -58,4 +61,5 @@ def cpu_info():
         "max_threads": _cpu.max_threads(),
         "l2_bytes": l2,
         "llc_bytes": llc,
+        "buffer_pool": _pool.info(),
     }
