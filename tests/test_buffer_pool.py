@@ -24,7 +24,7 @@ import pytest
 import fusedce
 from fusedce import _pool
 from fusedce import reference as ref
-from forking import wait_for_child
+from parallel_runs import run_concurrently, wait_for_child
 from tolerances import assert_grad_close, assert_loss_close
 
 MIB = 2**20
@@ -237,29 +237,17 @@ def test_many_threads_allocating_and_releasing():
     shapes = [(B + 16 * i, K) for i in range(workers)]
     problems = [problem(i, *shapes[i]) for i in range(workers)]
     wants = [ref.cross_entropy_with_grad(x, t)[1] for x, t in problems]
-    start, errors = threading.Barrier(workers), []
+    def work(i):
+        kept = []
+        for r in range(rounds):
+            _, g = fusedce.cross_entropy_with_grad(*problems[i])
+            kept.append(g[::2])  # a view keeps the block
+            if r % 2:
+                kept.pop(0)
+            for view in kept:
+                assert_grad_close(view, wants[i][::2], "float32", what=f"thread {i}")
 
-    def body(i):
-        try:
-            start.wait()
-            kept = []
-            for r in range(rounds):
-                _, g = fusedce.cross_entropy_with_grad(*problems[i])
-                kept.append(g[::2])  # a view keeps the block
-                if r % 2:
-                    kept.pop(0)
-                for view in kept:
-                    assert_grad_close(view, wants[i][::2], "float32", what=f"thread {i}")
-        except BaseException as exc:  # noqa: BLE001 - reported in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    run_concurrently(work, workers)
     info = pool_info()
     assert info["in_use_blocks"] == in_use and info["held_bytes"] <= info["bound"]
 

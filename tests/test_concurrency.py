@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fusedce
-from forking import wait_for_child
+from parallel_runs import run_concurrently, wait_for_child
 
 WORKERS = 8
 ROUNDS = 12
@@ -60,27 +60,6 @@ def _as_arrays(result):
     return [np.asarray(r) for r in (result if isinstance(result, tuple) else (result,))]
 
 
-def _run_concurrently(work, workers=WORKERS):
-    """Run work(i) in `workers` threads that start together; re-raise the first failure."""
-    start = threading.Barrier(workers)
-    errors = []
-
-    def body(i):
-        try:
-            start.wait()
-            work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-
-
 def _check_against(expected, problems, rounds):
     def work(i):
         for r in range(rounds):
@@ -100,7 +79,7 @@ def test_threads_give_the_serial_results(isa, threads_per_call):
     try:
         problems = [_problem(i) for i in range(WORKERS)]
         expected = [[_as_arrays(call()) for _, call in p] for p in problems]
-        _run_concurrently(_check_against(expected, problems, ROUNDS))
+        run_concurrently(_check_against(expected, problems, ROUNDS), WORKERS)
     finally:
         fusedce.set_num_threads(before)
 
@@ -133,7 +112,7 @@ def test_thread_count_and_isa_queries_while_kernels_run():
             fiddle(i)
 
     try:
-        _run_concurrently(work, workers=2 * len(problems))
+        run_concurrently(work, workers=2 * len(problems))
     finally:
         fusedce.set_num_threads(before)
 
@@ -167,7 +146,7 @@ def test_switching_isa_while_kernels_run():
             done.set()
 
     try:
-        _run_concurrently(work, workers=len(problems) + 2)
+        run_concurrently(work, workers=len(problems) + 2)
     finally:
         fusedce.set_isa(before)
 
