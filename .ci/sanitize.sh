@@ -6,6 +6,7 @@
 #   tests/c/test_api.c      the public C API on every ISA, with all of csrc/ (the library)
 #   tests/c/test_kernels.c  the per-ISA row primitives, built by tests/c/build.sh (ce_portable.c
 #                           and the ISA files only), when that driver is there
+#   tests/c/test_pool.c     the buffer pool (csrc/buffer_pool.c): threads, bounds, fork
 #
 # Each ISA file gets its own flags only, as CMakeLists.txt does. Exit status: non-zero on any
 # build failure, sanitizer report, valgrind error or leak, or failed check.
@@ -89,6 +90,13 @@ $CC $common tests/c/test_api.c "${objects[@]}" -o "$out/test_api" $ldflags -lm -
 status=0
 echo "+ test_api ${api_args[*]} ($mode)"
 "${run[@]}" "$out/test_api" "${api_args[@]}" | tail -n 40 || status=1
+
+if [ -f tests/c/test_pool.c ]; then
+    # shellcheck disable=SC2086
+    $CC $common tests/c/test_pool.c "$out/buffer_pool.o" -o "$out/test_pool" $ldflags -lpthread
+    echo "+ test_pool ($mode)"
+    "${run[@]}" "$out/test_pool" | tail -n 40 || status=1
+fi
 
 if [ -f tests/c/build.sh ]; then
     CC=$CC CFLAGS="$cflags" LDFLAGS="$ldflags" ISAS="$isas" sh tests/c/build.sh "$out/test_kernels"

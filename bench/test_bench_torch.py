@@ -17,11 +17,14 @@ buffers here are far above glibc's mmap threshold, so each is mapped on allocati
 unmapped on free, and the peak counts exactly the pages written while the step ran: the
 gradient it returns included. Reported in units of one logits-sized buffer.
 
-Both sides allocate fresh logits-sized buffers every step (torch three, fusedce one, none
-with inplace_backward), and first-touch page faults are a large part of the time: NumPy, which
-allocates fusedce's gradient on the CPU, asks for transparent huge pages; torch's allocator
-does only with THP_MEM_ALLOC_ENABLE=1 in the environment (run both ways for a fair picture). On
-a VM a buffer landing on never-touched guest memory can take a second more: read medians.
+torch allocates fresh logits-sized buffers every step (three), and first-touch page faults are
+a large part of its time; its allocator asks for transparent huge pages only with
+THP_MEM_ALLOC_ENABLE=1 in the environment (run both ways for a fair picture). fusedce's one
+gradient (none with inplace_backward) comes from its buffer pool: after the first step a block
+the previous step released, already resident (huge pages requested when it was mapped); a
+block the pool kept from an earlier case counts as no extra memory here. bench/bench_pool.py
+compares with the pool off. On a VM a buffer landing on never-touched guest memory can take a
+second more: read medians.
 
 Target (issue #6): fusedce at least 8x faster than torch at (4096, 32000) float32, with at
 most one logits-sized buffer of extra memory (none with inplace_backward). The summary line

@@ -1,17 +1,20 @@
 """Many Python threads calling fusedce at once: cffi releases the GIL around every kernel, so
 the kernels really run concurrently; they must be re-entrant and give what serial calls give.
 
-The C side's only mutable state is in dispatch.c: the active kernel table and the thread
+The C side's mutable state is in dispatch.c: the active kernel table and the thread
 count, both read and written with atomics, and the CPU detection, run once under
-pthread_once (docs/guarantees.md).
+pthread_once (docs/guarantees.md); and the buffer pool's lists, under a mutex
+(tests/test_buffer_pool.py).
 """
 
+import os
 import threading
 
 import numpy as np
 import pytest
 
 import fusedce
+from parallel_runs import run_concurrently, wait_for_child
 
 WORKERS = 8
 ROUNDS = 12
@@ -57,27 +60,6 @@ def _as_arrays(result):
     return [np.asarray(r) for r in (result if isinstance(result, tuple) else (result,))]
 
 
-def _run_concurrently(work, workers=WORKERS):
-    """Run work(i) in `workers` threads that start together; re-raise the first failure."""
-    start = threading.Barrier(workers)
-    errors = []
-
-    def body(i):
-        try:
-            start.wait()
-            work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-
-
 def _check_against(expected, problems, rounds):
     def work(i):
         for r in range(rounds):
@@ -97,7 +79,7 @@ def test_threads_give_the_serial_results(isa, threads_per_call):
     try:
         problems = [_problem(i) for i in range(WORKERS)]
         expected = [[_as_arrays(call()) for _, call in p] for p in problems]
-        _run_concurrently(_check_against(expected, problems, ROUNDS))
+        run_concurrently(_check_against(expected, problems, ROUNDS), WORKERS)
     finally:
         fusedce.set_num_threads(before)
 
@@ -130,7 +112,7 @@ def test_thread_count_and_isa_queries_while_kernels_run():
             fiddle(i)
 
     try:
-        _run_concurrently(work, workers=2 * len(problems))
+        run_concurrently(work, workers=2 * len(problems))
     finally:
         fusedce.set_num_threads(before)
 
@@ -164,6 +146,39 @@ def test_switching_isa_while_kernels_run():
             done.set()
 
     try:
-        _run_concurrently(work, workers=len(problems) + 2)
+        run_concurrently(work, workers=len(problems) + 2)
     finally:
         fusedce.set_isa(before)
+
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads alive (3.12+)
+def test_a_forked_child_computes_on_one_thread():
+    """GNU OpenMP cannot run a parallel region in a child forked after the parent ran one (the
+    child waits for pool threads fork did not copy): the child computes on one thread, and a
+    request for more warns and keeps one. The parent keeps its threads."""
+    before = fusedce.get_num_threads()
+    fusedce.set_num_threads(2)
+    try:
+        problems = _problem(0)
+        expected = [_as_arrays(call()) for _, call in problems]  # the parent's OpenMP team now exists
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                assert fusedce.get_num_threads() == 1
+                with pytest.warns(RuntimeWarning, match="forked child"):
+                    fusedce.set_num_threads(2)
+                assert fusedce.get_num_threads() == 1
+                for (name, call), want in zip(problems, expected):
+                    for got, w in zip(_as_arrays(call()), want):
+                        assert got.tobytes() == w.tobytes(), name
+                ok = True
+            finally:
+                os._exit(0 if ok else 1)
+        status = wait_for_child(pid)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child's results differ"
+        assert fusedce.get_num_threads() == 2
+    finally:
+        fusedce.set_num_threads(before)

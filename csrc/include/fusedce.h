@@ -130,6 +130,33 @@ int fusedce_openmp(void);                   /* _OPENMP (yyyymm) when built with 
 long long fusedce_l2_bytes(void);
 long long fusedce_llc_bytes(void);
 
+/* The buffer pool (csrc/buffer_pool.c): memory for large results, kept after release and
+ * handed out again, so that a result's pages are resident instead of faulted in afresh.
+ * Blocks are page-aligned (2 MiB-aligned with transparent huge pages requested from 2 MiB
+ * up) and uninitialised. Thread-safe and usable in the child after fork. */
+void *fusedce_pool_acquire(int64_t bytes);  /* NULL when the system has no memory for it */
+int fusedce_pool_release(void *block);      /* FUSEDCE_EINVAL if block is not in use from here */
+/* The most bytes of free blocks the pool keeps (beyond those in use): -1 (any negative)
+ * adaptive, the largest number of bytes in use at once recently; 0 keeps none. Returns the
+ * limit before; free blocks over the new bound go back to the system at once. */
+int64_t fusedce_pool_set_limit(int64_t max_bytes);
+int64_t fusedce_pool_limit(void);
+
+typedef struct fusedce_pool_stats {
+    int64_t limit;            /* as set: -1 adaptive, 0 off, else bytes */
+    int64_t bound;            /* the bound in force now (adaptive: the recent in-use peak) */
+    int64_t held_bytes;       /* free blocks kept for reuse */
+    int64_t held_blocks;
+    int64_t in_use_bytes;     /* handed out and not yet released */
+    int64_t in_use_blocks;
+    int64_t hits;             /* acquisitions served by a kept block */
+    int64_t misses;           /* acquisitions that mapped fresh memory */
+    int64_t returned_blocks;  /* blocks given back to the system */
+    int64_t returned_bytes;
+    int huge_pages;           /* the last madvise(MADV_HUGEPAGE): 1 accepted, 0 refused, -1 none yet */
+} fusedce_pool_stats;
+void fusedce_pool_get_stats(fusedce_pool_stats *out);
+
 #ifdef __cplusplus
 }
 #endif

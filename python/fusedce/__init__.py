@@ -21,6 +21,7 @@ from ._api import (
 )
 from ._cpu import available_isas, get_num_threads, set_isa, set_num_threads
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
+from ._pool import set_buffer_pool
 
 # The one place the version is written: the build reads it from here (pyproject.toml).
 __version__ = "0.1.0"
@@ -43,16 +44,18 @@ __all__ = [
     "available_isas",
     "set_num_threads",
     "get_num_threads",
+    "set_buffer_pool",
     "is_cuda_array",
 ]
 
 
 def cpu_info():
     """The CPU backend's state: detected and active ISA, available ISAs, threads (and whether
-    the build has OpenMP: without it, one thread), and the cache sizes the kernels plan with
-    (rows over half the L2 are split over threads; gradients over the last-level cache are
-    written with streaming stores)."""
-    from . import _cpu
+    the build has OpenMP: without it, one thread), the cache sizes the kernels plan with (rows
+    over half the L2 are split over threads; gradients over the last-level cache are written
+    with streaming stores), and what the buffer pool that large results come from holds (see
+    set_buffer_pool)."""
+    from . import _cpu, _pool
 
     l2, llc = _cpu.cache_bytes()
     return {
@@ -64,4 +67,5 @@ def cpu_info():
         "openmp": _cpu.openmp(),
         "l2_bytes": l2,
         "llc_bytes": llc,
+        "buffer_pool": _pool.info(),
     }

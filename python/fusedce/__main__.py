@@ -4,7 +4,7 @@
     fusedce bench --shape 4096x32000 --isa all --op all --json out.json --plot out.png
     fusedce bench --loss soft --loss bce   probability targets and binary cross-entropy
     fusedce check                      correctness only: every ISA, every dtype, small shapes
-    fusedce info                       version, build, ISAs, threads, CUDA, torch
+    fusedce info                       version, build, ISAs, threads, buffer pool, CUDA, torch
     fusedce --version
 
 Exit status: 0 on success, 1 when a result is wrong, 2 for a bad request.
@@ -80,7 +80,7 @@ def build_parser():
     check.add_argument("--threads", type=_positive_int, help="fusedce CPU threads")
     check.set_defaults(handler=_check_command)
 
-    info = commands.add_parser("info", help="version, build, ISAs, threads, CUDA and torch availability")
+    info = commands.add_parser("info", help="version, build, ISAs, threads, buffer pool, CUDA and torch availability")
     info.set_defaults(handler=_info_command)
     return parser
 

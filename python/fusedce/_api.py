@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks, _cpu
+from . import _checks, _cpu, _pool
 
 def is_cuda_array(obj) -> bool:
     """True for arrays that live on a CUDA device (see _cuda.is_device_array); never imports Numba."""
@@ -58,7 +58,7 @@ def cross_entropy_forward(logits, target, *, weight=None, ignore_index=-100, red
     call = _checks.check_ce(logits, target, **opts)
     loss, lse = _cpu.cross_entropy(call, want_loss=True, want_lse=True)
     dtype = _out_dtype(call.x)
-    return _checks.reduce_loss(call, loss, dtype), lse.reshape(call.batch_shape).astype(dtype, copy=False)
+    return _checks.reduce_loss(call, loss, dtype), _pool.astype(lse.reshape(call.batch_shape), dtype)
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
@@ -101,7 +101,7 @@ def _softmax_family(mode, x):
     x2d = _checks.as_rows(arr)
     out, lse = _cpu.softmax_family(mode, x2d)
     if out is None:
-        return lse.reshape(arr.shape[:-1]).astype(_out_dtype(arr), copy=False)
+        return _pool.astype(lse.reshape(arr.shape[:-1]), _out_dtype(arr))
     return out.reshape(arr.shape)
 
 

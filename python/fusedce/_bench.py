@@ -983,12 +983,24 @@ def info_lines(env):
                     + ("OpenMP" if cpu["openmp"] else "built without OpenMP: one thread")),
         ("caches", f"L2 {cpu['l2_bytes'] >> 10} KiB per core, last level {cpu['llc_bytes'] >> 20} MiB "
                    "(rows over L2/2 split across threads; gradients over the LLC streamed)"),
+        ("buffer pool", _pool_line(cpu["buffer_pool"])),
         ("cuda", f"available: {cuda['device']}" if cuda["available"] else f"unavailable ({cuda['reason']})"),
         ("numba", f"{versions['numba'] or 'not installed'}, numba-cuda {versions['numba_cuda'] or 'not installed'}"),
         ("torch", versions["torch"] or "not installed"),
         ("numpy", versions["numpy"]),
         ("ml_dtypes", versions["ml_dtypes"] or "not installed (no bfloat16)"),
     ]
+
+
+def _pool_line(pool):
+    """The buffer pool as `info` shows it: what it holds, its bound, what is in use."""
+    mib = 2**20
+    bound = ("off" if pool["limit"] == 0 else
+             f"bound {pool['limit'] / mib:.0f} MiB" if pool["limit"] is not None else
+             f"bound adaptive, now {pool['bound'] / mib:.0f} MiB (the recent peak in use)")
+    return (f"holds {pool['held_bytes'] / mib:.0f} MiB in {pool['held_blocks']} blocks, {bound}; "
+            f"in use {pool['in_use_bytes'] / mib:.0f} MiB; results from {pool['min_pooled_bytes'] // mib} MiB; "
+            f"huge pages {pool['huge_pages']} (system: {pool['transparent_huge_pages'] or 'unknown'})")
 
 
 def write_json(report, path):

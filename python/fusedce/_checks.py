@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _pool
+
 REDUCTIONS = ("none", "mean", "sum")
 
 #: logits dtypes by name; bfloat16 is the ml_dtypes dtype, recognised by name so that
@@ -359,7 +361,7 @@ def grad_destination(arr, x, inplace, out):
         return x, arr
     if out is not None:
         return out.reshape(x.shape), out
-    return np.empty_like(x), None
+    return _pool.empty_like(x), None
 
 
 def mean_scaled(grad_scale, reduction, denominator):
@@ -383,7 +385,7 @@ def as_lse(lse, batch_shape):
 def reduce_loss(call: CECall, row_loss: np.ndarray, out_dtype):
     """Per-row (weighted) losses in float64 -> what the caller gets for the reduction."""
     if call.reduction == "none":
-        return row_loss.reshape(call.batch_shape).astype(out_dtype, copy=False)
+        return _pool.astype(row_loss.reshape(call.batch_shape), out_dtype)
     total = float(np.sum(row_loss, dtype=np.float64))
     if call.reduction == "sum":
         return total

@@ -6,8 +6,12 @@ Half-precision arrays are passed as their uint16 bit patterns.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
+from . import _pool
 from ._cffi import ffi, lib
 
 ISA_NAMES = ("portable", "avx2", "avx512", "neon")
@@ -68,7 +72,7 @@ def binary_cross_entropy(call, *, want_elements):
     """Run one checked BCE call (see _checks.BCECall): (sum of element losses, element losses
     in the logits' shape and dtype or None); writes call.grad when it is set."""
     x = call.x
-    loss = np.empty_like(x) if want_elements else None
+    loss = _pool.empty_like(x) if want_elements else None
     total = ffi.new("double *", 0.0)
     if x.size:
         ptr = _Pointers()
@@ -100,8 +104,8 @@ def cross_entropy(call, *, want_loss, want_lse=False, lse_in=None):
     """Run one checked call (see _checks.CECall). Returns (loss, lse) float64 per-row arrays
     (None where not asked); writes call.grad when it is set."""
     rows, classes = call.rows, call.classes
-    loss = np.empty(rows, np.float64) if want_loss else None
-    lse = np.empty(rows, np.float64) if want_lse else None
+    loss = _pool.empty(rows, np.float64) if want_loss else None
+    lse = _pool.empty(rows, np.float64) if want_lse else None
     if rows == 0 or classes == 0:  # nothing to score (_checks.as_rows): loss 0, lse -inf
         if loss is not None:
             loss.fill(0.0)
@@ -150,8 +154,8 @@ SOFTMAX_MODES = {"logsumexp": lib.FUSEDCE_LOGSUMEXP, "softmax": lib.FUSEDCE_SOFT
 def softmax_family(mode, x2d):
     """(out, lse) for x2d (rows, K) C-contiguous; out is None for logsumexp."""
     rows, classes = x2d.shape
-    lse = np.empty(rows, np.float64)
-    out = None if mode == "logsumexp" else np.empty_like(x2d)
+    lse = _pool.empty(rows, np.float64)
+    out = None if mode == "logsumexp" else _pool.empty_like(x2d)
     if rows == 0 or classes == 0:
         lse.fill(-np.inf)  # log of an empty sum
         return out, lse
@@ -195,8 +199,31 @@ def detected_isa():
     return isa_name(lib.fusedce_detected_isa())
 
 
+_forked = False  # this process is a fork child: OpenMP must stay on one thread
+
+
+def _one_thread_after_fork():
+    """GNU OpenMP (libgomp) cannot run a parallel region in a child forked after the parent
+    ran one: the child inherits the thread pool's bookkeeping but not its threads, and waits
+    for them forever. The child computes on one thread, as torch's intra-op pool does."""
+    global _forked
+    _forked = True
+    lib.fusedce_set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
+
+
 def set_num_threads(n):
-    lib.fusedce_set_num_threads(int(n))
+    n = int(n)
+    if _forked and n != 1:
+        warnings.warn(f"fusedce.set_num_threads({n}) in a forked child: fusedce stays on one thread "
+                      "(OpenMP cannot start threads in a child forked from a process that ran them; "
+                      "use the 'spawn' or 'forkserver' start method for multi-threaded workers)",
+                      RuntimeWarning, stacklevel=2)
+        n = 1
+    lib.fusedce_set_num_threads(n)
 
 
 def get_num_threads():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import _pool
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -83,14 +85,16 @@ def constant_array(tensor, x):
 
 
 def empty_like(x):
-    """A fresh contiguous tensor of x's shape and dtype. On the CPU NumPy allocates it: NumPy
-    asks for transparent huge pages and torch's allocator does not, and with 4 KiB pages the
-    first touch of a fresh logits-sized buffer costs several times the kernel (512 MB: ~400 ms
-    against ~55 ms measured here). On the GPU torch's caching allocator (not Numba's, which
-    frees lazily)."""
+    """A fresh contiguous tensor of x's shape and dtype. On the CPU from fusedce's buffer pool
+    (fusedce._pool; np.empty for small ones or with the pool off): a block an earlier gradient
+    released, already resident, else a fresh one with transparent huge pages requested, which
+    torch's allocator does not ask for (with 4 KiB pages the first touch of a fresh
+    logits-sized buffer costs several times the kernel: 512 MB, ~400 ms against ~55 ms
+    measured here). The tensor keeps the block in use through torch.from_numpy's reference to
+    the array. On the GPU torch's caching allocator (not Numba's, which frees lazily)."""
     if x.is_cuda:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    raw = np.empty(x.shape, f"i{x.element_size()}")  # same item size: reinterpreted below
+    raw = _pool.empty(tuple(x.shape), f"i{x.element_size()}")  # same item size: reinterpreted below
     return torch.from_numpy(raw).view(x.dtype)
 
 
