@@ -67,6 +67,9 @@ def register():
         _registered = True
 
 
+ALIAS_GRAD = True
+
+
 def _i(v):
     return np.int64(v)
 
@@ -89,7 +92,8 @@ def ce(opts, x, t, w, *, fwd=False, grad=False, cot=None, lse=None):
         out.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
     operands = [x, t] + ([w] if w is not None else []) + ([cot.astype(cd)] if grad else [])
     operands += [lse.astype(cd)] if lse is not None else []
-    call = jax.ffi.ffi_call(CE, out, vmap_method="broadcast_all")
+    aliases = {0: len(out) - 1} if grad and ALIAS_GRAD else None
+    call = jax.ffi.ffi_call(CE, out, vmap_method="broadcast_all", input_output_aliases=aliases)
     return call(*operands, reduction=_i(opts.reduction_code), batch_rank=_i(opts.batch_rank),
                 ignore_index=_i(opts.ignore_index), label_smoothing=_f(opts.label_smoothing),
                 z_loss=_f(opts.z_loss), softcap=_f(opts.softcap), has_weight=_i(w is not None),
