@@ -21,6 +21,15 @@ from tolerances import assert_grad_close, assert_loss_close  # noqa: E402
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
 
+def enable_x64(on=True):
+    """The x64 context manager: jax.enable_x64 (newer JAX) or jax.experimental.enable_x64."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(on)
+    from jax.experimental import enable_x64 as context, disable_x64
+
+    return context() if on else disable_x64()
+
+
 @pytest.fixture(params=[False, True], ids=["x64off", "x64on"])
 def x64(request):
     """Runs the test with jax_enable_x64 off and on (jax.config.update), restored after."""
@@ -129,7 +138,7 @@ def test_ce_float32_every_option(opt, reduction, residual):
 @pytest.mark.parametrize("opt", ["plain", "all"])
 def test_ce_float64_with_x64(opt, reduction):
     x, t, kw, go = make_case(16, 29, np.float64, opt)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         loss = jax.jit(lambda a: fj.cross_entropy(a, t, reduction=reduction, **kw))(x)
         assert loss.dtype == jnp.float64
         assert_loss_close(loss, ref.cross_entropy(x, t, reduction=reduction, **kw), np.float64)
@@ -311,6 +320,26 @@ def test_lowered_program_is_a_custom_call():
     assert "custom_call @fusedce_bce" in text and "callback" not in text.lower()
 
 
+def _logits_copies(compiled, shape):
+    text = compiled.as_text()
+    dims = ",".join(str(d) for d in shape)
+    return [line for line in text.splitlines() if " copy(" in line and f"[{dims}]" in line]
+
+
+@pytest.mark.parametrize("residual_kind", ["grad", "lse"])
+def test_gradient_written_over_dead_logits(residual_kind, monkeypatch):
+    """Where the logits die in the loss (computed in the step, or donated), the compiled
+    program writes the gradient over them: no copy of the logits, no second buffer."""
+    monkeypatch.setitem(_vjp.RESIDUAL, "float32", residual_kind)
+    h, W, t = jnp.ones((64, 16)), jnp.ones((16, 1000)), jnp.zeros(64, jnp.int32)
+    step = jax.jit(jax.value_and_grad(lambda w, a, b: fj.cross_entropy(a @ w, b))).lower(W, h, t).compile()
+    assert not _logits_copies(step, (64, 1000))
+    donated = jax.jit(jax.value_and_grad(fj.cross_entropy), donate_argnums=0).lower(jnp.ones((64, 1000)), t).compile()
+    assert not _logits_copies(donated, (64, 1000))
+    kept = jax.jit(jax.value_and_grad(fj.cross_entropy)).lower(jnp.ones((64, 1000)), t).compile()
+    assert len(_logits_copies(kept, (64, 1000))) == 1  # a kept argument is copied, never overwritten
+
+
 # ----------------------------------------------------------------------------- binary cross-entropy
 
 
@@ -348,7 +377,7 @@ def test_bce(opt, reduction, residual):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 def test_bce_dtypes(dtype):
     _, x, y = _bce_case(_np_dtype(dtype))
-    with jax.enable_x64(dtype == "float64"):
+    with enable_x64(dtype == "float64"):
         loss, grad = jax.jit(jax.value_and_grad(lambda a: fj.binary_cross_entropy_with_logits(a, y) * 8.0))(x)
         assert grad.dtype == jnp.dtype(dtype)
         ref_loss, ref_grad = ref.binary_cross_entropy_with_logits_with_grad(x, y, grad_output=8.0)
@@ -386,7 +415,7 @@ def test_softmax_family(name, dtype, residual):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((3, 5, 33)) * 3).astype(_np_dtype(dtype))
     w = rng.standard_normal(x.shape[:-1] if name == "logsumexp" else x.shape)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         fn = getattr(fj, name)
         out = jax.jit(fn)(x)
         want = getattr(ref, name)(x)

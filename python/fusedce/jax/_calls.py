@@ -67,9 +67,6 @@ def register():
         _registered = True
 
 
-ALIAS_GRAD = True
-
-
 def _i(v):
     return np.int64(v)
 
@@ -92,7 +89,11 @@ def ce(opts, x, t, w, *, fwd=False, grad=False, cot=None, lse=None):
         out.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
     operands = [x, t] + ([w] if w is not None else []) + ([cot.astype(cd)] if grad else [])
     operands += [lse.astype(cd)] if lse is not None else []
-    aliases = {0: len(out) - 1} if grad and ALIAS_GRAD else None
+    # The gradient is written over the logits (the kernels allow it): where the logits die in
+    # the loss, as in a training step that computes them, XLA then needs no logits-sized buffer
+    # for the gradient (nor the page faults of a fresh one); where they are still needed (a jitted
+    # function's own argument that is not donated), XLA copies them first.
+    aliases = {0: len(out) - 1} if grad else None
     call = jax.ffi.ffi_call(CE, out, vmap_method="broadcast_all", input_output_aliases=aliases)
     return call(*operands, reduction=_i(opts.reduction_code), batch_rank=_i(opts.batch_rank),
                 ignore_index=_i(opts.ignore_index), label_smoothing=_f(opts.label_smoothing),
@@ -111,7 +112,8 @@ def bce(opts, x, t, w, pw, *, fwd=False, grad=False, cot=None):
     if grad:
         out.append(jax.ShapeDtypeStruct(x.shape, x.dtype))
     operands = [x, t] + [a for a in (w, pw) if a is not None] + ([cot.astype(cd)] if grad else [])
-    call = jax.ffi.ffi_call(BCE, out, vmap_method="broadcast_all")
+    aliases = {0: len(out) - 1} if grad else None  # as for ce(): the gradient over the logits
+    call = jax.ffi.ffi_call(BCE, out, vmap_method="broadcast_all", input_output_aliases=aliases)
     return call(*operands, reduction=_i(opts.reduction_code), batch_rank=_i(opts.batch_rank),
                 has_weight=_i(w is not None), weight_per_class=_i(opts.weight_per_class),
                 has_pos_weight=_i(pw is not None), fwd=_i(fwd), grad=_i(grad))
