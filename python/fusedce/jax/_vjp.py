@@ -2,21 +2,25 @@
 
 What the forward keeps for the backward (the residual) is chosen per dtype, in RESIDUAL:
 
-- "grad": the differentiated forward computes loss and gradient in one fused call (one read
-  of the logits, one write of the gradient, the row still in cache for its second pass) and
-  keeps the gradient for upstream gradient 1; the backward multiplies it by the real upstream
-  gradient. jax.grad's upstream gradient is the constant 1.0, which XLA folds away, so a
-  training step costs one pass; a loss scale costs one elementwise multiply, which XLA fuses
-  into whatever consumes the gradient. Only for float32 and float64, where the kept gradient
-  is exact: rounding it, then scaling, would round a half-precision gradient twice.
-- "lse": the forward computes the loss and the per-row log-sum-exp (one read); the backward
-  computes the gradient in one pass with the upstream gradient as the kernel's grad_scale
-  (a second read of the logits and the write). float16 and bfloat16: the gradient is computed
-  in float32 with the loss scale applied and rounded once, at the end.
+- "grad" (float32, float64): the differentiated forward computes loss and gradient in one fused
+  call, for upstream gradient 1, and keeps the gradient; the backward multiplies it by the real
+  upstream gradient. jax.grad's upstream gradient is the constant 1, which XLA folds away, so the
+  step is one pass: the logits read once (each row stays in cache for its second pass) and the
+  gradient written once. A traced upstream factor (a loss scale) costs XLA one more elementwise
+  pass over the gradient.
+- "lse" (float16, bfloat16): the forward computes the loss and the per-row log-sum-exp; the
+  backward computes the gradient in one pass with the upstream gradient as the kernel's
+  grad_scale, so it is computed in float32 with the loss scale applied and rounded once. The
+  "grad" residual would round the gradient to the half type before the scale is applied.
 
-bench/bench_jax.py measures both for float32 ("residual" column): on this 2-core machine the
-fused "grad" residual was 1.4-1.6x faster for jax.value_and_grad at (4096, 32000) and
-(512, 131072) (see docs/jax.md for the figures).
+The trade for float32. The fused pass moves 2 bytes per logit byte, forward then backward 3:
+docs/performance.md's quiet-machine AVX-512 figures at (4096, 32000) are 23.7 ms fused against
+13.0 + 20.3 ms, 1.4x. Under load on this shared 2-core VM the kernels are compute-bound and the
+two tie for plain jax.value_and_grad (the [grad]/[lse] rows of bench/bench_jax.py, donated logits,
+medians of 25 interleaved rounds: 126 against 121 ms at (4096, 32000), 48 against 54 ms at
+(512, 131072)), while with a traced loss scale "lse" wins by 1.4x (117 against 169 ms, 55
+against 77). The plain gradient is the common float32 case, so float32 and float64 keep the
+gradient; both backward paths are tested.
 
 Gradients with respect to probability targets are computed (in JAX, from the saved lse) only
 when the targets are being differentiated (custom_vjp's symbolic zeros say so); gradients with
