@@ -219,41 +219,25 @@ def _softmax_res(x, out, lse):
     return (out, None, None) if _residual(x.dtype) == "grad" else (None, x, lse)
 
 
-@jax.custom_vjp
-def softmax(x):
-    out, _ = _calls.softmax_family("softmax", x)
-    return out
+def _softmax_like(mode, from_out, vjp):
+    """softmax or log_softmax as a custom_vjp: vjp(p, g) is the input gradient given the
+    probabilities p and the upstream gradient g, both in the compute dtype."""
+
+    @jax.custom_vjp
+    def fn(x):
+        return _calls.softmax_family(mode, x)[0]
+
+    def fwd(x):
+        out, lse = _calls.softmax_family(mode, x)
+        return out, _softmax_res(x, out, lse)
+
+    def bwd(res, g):
+        p, dtype = _probabilities(res, from_out)
+        return (vjp(p, g.astype(p.dtype)).astype(dtype),)
+
+    fn.defvjp(fwd, bwd)
+    return fn
 
 
-def _softmax_fwd(x):
-    out, lse = _calls.softmax_family("softmax", x)
-    return out, _softmax_res(x, out, lse)
-
-
-def _softmax_bwd(res, g):
-    p, dtype = _probabilities(res, lambda out: out)
-    gc = g.astype(p.dtype)
-    return ((p * (gc - jnp.sum(gc * p, axis=-1, keepdims=True))).astype(dtype),)
-
-
-softmax.defvjp(_softmax_fwd, _softmax_bwd)
-
-
-@jax.custom_vjp
-def log_softmax(x):
-    out, _ = _calls.softmax_family("log_softmax", x)
-    return out
-
-
-def _log_softmax_fwd(x):
-    out, lse = _calls.softmax_family("log_softmax", x)
-    return out, _softmax_res(x, out, lse)
-
-
-def _log_softmax_bwd(res, g):
-    p, dtype = _probabilities(res, jnp.exp)
-    gc = g.astype(p.dtype)
-    return ((gc - p * jnp.sum(gc, axis=-1, keepdims=True)).astype(dtype),)
-
-
-log_softmax.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+softmax = _softmax_like("softmax", lambda out: out, lambda p, g: p * (g - jnp.sum(g * p, axis=-1, keepdims=True)))
+log_softmax = _softmax_like("log_softmax", jnp.exp, lambda p, g: g - p * jnp.sum(g, axis=-1, keepdims=True))
