@@ -19,6 +19,7 @@
  *
  * Errors (a target out of range, a non-finite weight) are returned as XLA FFI errors with the
  * NumPy API's messages; JAX raises them when the result is computed. */
+#define _DEFAULT_SOURCE /* madvise's MADV_HUGEPAGE under a strict -std=c11 too */
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
