@@ -41,7 +41,7 @@ OPS = ("forward", "backward", "fused")
 LOSSES = ("ce", "soft", "bce")
 # BCE has no separate backward entry point: its fused call is what a backward computes.
 LOSS_OPS = {"ce": OPS, "soft": OPS, "bce": ("forward", "fused")}
-BACKENDS = ("cpu", "cuda", "reference", "torch")
+BACKENDS = ("cpu", "cuda", "reference", "torch", "jax")
 
 DEFAULT_SHAPES = ((4096, 32000), (8192, 1024), (64, 131072))
 DEFAULT_DTYPES = ("float32",)
@@ -370,6 +370,56 @@ class TorchRunner:
                        grad=None if grad is None else grad.to(self._torch.float64).numpy())
 
 
+class JaxRunner:
+    """fusedce.jax under jax.jit (XLA custom calls into the C kernels). forward: the loss;
+    backward: the jitted backward of a kept jax.vjp (its residual in, the gradient out); fused:
+    jax.value_and_grad. The logits are an argument that is not donated, so XLA copies them
+    before the in-place gradient (docs/jax.md; bench/bench_jax.py also times donated logits)."""
+
+    device = "host"
+
+    def __init__(self, logits, target, loss="ce"):
+        import jax
+        import jax.numpy as jnp
+
+        import fusedce.jax as fj
+
+        self._jax, self.loss = jax, loss
+        if loss == "bce":
+            fn = lambda x, t: fj.binary_cross_entropy_with_logits(x, t, reduction=REDUCTION)  # noqa: E731
+        else:
+            fn = lambda x, t: fj.cross_entropy(x, t, reduction=REDUCTION)  # noqa: E731
+        self.x, self.t = jnp.asarray(logits), jnp.asarray(target)
+        self._forward, self._fused = jax.jit(fn), jax.jit(jax.value_and_grad(fn))
+        _, self._vjp = jax.vjp(lambda x: fn(x, self.t), self.x)
+        self._backward = jax.jit(lambda vjp, g: vjp(g)[0])
+
+    def sync(self):
+        pass
+
+    def forward(self):
+        return self._jax.block_until_ready(self._forward(self.x, self.t)), None
+
+    def backward(self):
+        return self._jax.block_until_ready(self._backward(self._vjp, np.float32(1.0)))
+
+    def fused(self):
+        return self._jax.block_until_ready(self._fused(self.x, self.t))
+
+    def outcome(self, op, result):
+        loss, _, grad = _unpack(op, result)
+        return Outcome(loss=None if loss is None else float(loss),
+                       grad=None if grad is None else np.asarray(grad).astype(np.float64))
+
+
+def jax_unavailable_reason():
+    try:
+        import fusedce.jax  # noqa: F401
+    except ImportError as exc:
+        return f"jax is not installed (pip install 'fusedce[jax]'): {exc}"
+    return None
+
+
 class HostCopy:
     """The memory yardstick on the host: np.copyto of the logits into a preallocated buffer."""
 
@@ -492,6 +542,12 @@ def resolve_backends(kinds, isas):
                 unavailable[kind] = reason
             else:
                 specs.append(BackendSpec("torch", "host", DTYPES, TorchRunner))
+        elif kind == "jax":
+            reason = jax_unavailable_reason()
+            if reason:
+                unavailable[kind] = reason
+            else:  # float64 needs jax_enable_x64, which the bench leaves as the user set it
+                specs.append(BackendSpec("jax", "host", ("float32", "float16", "bfloat16"), JaxRunner))
         elif kind == "cuda":
             reason = cuda_unavailable_reason()
             if reason:
