@@ -229,6 +229,14 @@ static int64_t numel(const xffi_buffer *b)
     return n;
 }
 
+/* The rows of (..., K): every dimension but the last (numel / K is undefined for K = 0). */
+static int64_t rows_of(const xffi_buffer *b)
+{
+    int64_t n = 1;
+    for (int64_t i = 0; i + 1 < b->rank; i++) n *= b->dims[i];
+    return n;
+}
+
 static int logits_code(int xdtype)
 {
     switch (xdtype) {
@@ -395,10 +403,10 @@ void *fusedce_xla_ce(void *frame)
     const int64_t vmap_rank = x->rank - 1 - A.batch_rank;
     const int64_t K = x->dims[x->rank - 1];
     const int64_t G = groups_of(x, vmap_rank);
-    const int64_t rows = K ? numel(x) / K : 0;
+    const int64_t rows = rows_of(x);
     const int64_t n = G ? rows / G : 0; /* rows per group */
     const int64_t per = A.reduction == RED_NONE ? rows : G;
-    if (K < 1 || (A.soft ? (t->dtype != x->dtype || numel(t) != rows * K)
+    if ((A.soft ? (t->dtype != x->dtype || numel(t) != rows * K)
                          : ((t->dtype != XFFI_S32 && t->dtype != XFFI_S64) || numel(t) != rows)) ||
         (w && (w->dtype != cd || (numel(w) != K && numel(w) != G * K))) ||
         (gup && (gup->dtype != cd || numel(gup) != per)) || (lse_in && (lse_in->dtype != cd || numel(lse_in) != rows)) ||
@@ -466,7 +474,9 @@ void *fusedce_xla_ce(void *frame)
     const int64_t calls = Gw > 1 ? G : 1, span = rows / calls;
     int rc = FUSEDCE_OK;
     int64_t bad = -1;
-    for (int64_t i = 0; i < calls && rc == FUSEDCE_OK && span > 0; i++) {
+    if (K == 0 && A.fwd) /* nothing to score (fusedce._checks.as_rows): loss 0, lse log 0 = -inf */
+        for (int64_t r = 0; r < rows; r++) loss[r] = 0.0, lse[r] = -INFINITY;
+    for (int64_t i = 0; i < calls && rc == FUSEDCE_OK && span > 0 && K > 0; i++) {
         const int64_t r0 = i * span;
         fusedce_ce_args a;
         memset(&a, 0, sizeof a);
@@ -514,14 +524,14 @@ void *fusedce_xla_ce(void *frame)
 
 /* ------------------------------------------------------------------ binary cross-entropy
  *
- * Operands: logits (...) and target of the same shape and dtype; weight if has_weight (one per
- * class, the last axis, if weight_per_class, else the logits' shape) and pos_weight (one per
- * class) if has_pos_weight, of the compute dtype; the upstream gradient if grad = 1 (one per
+ * Operands: logits (...) and target of the same shape and dtype; weight if has_weight and
+ * pos_weight if has_pos_weight (each one per class, the last axis, if weight_per_class /
+ * pos_weight_per_class, else the logits' shape), of the compute dtype; the upstream gradient if grad = 1 (one per
  * vmapped instance for 'mean'/'sum', the logits' shape for 'none'; compute dtype).
  * Results: if fwd: the loss (one per instance, compute dtype, for 'mean'/'sum'; element losses
  * in the logits' shape and dtype for 'none'); then if grad: the gradient.
  * Attributes: reduction, batch_rank (the logits' rank as written), has_weight, weight_per_class,
- * has_pos_weight, fwd, grad. */
+ * has_pos_weight, pos_weight_per_class, fwd, grad. */
 
 typedef int (*bce_entry)(const fusedce_bce_args *);
 
@@ -544,6 +554,7 @@ void *fusedce_xla_bce(void *frame)
     const int64_t reduction = attr_i64(&c, "reduction", &ok), batch_rank = attr_i64(&c, "batch_rank", &ok);
     const int64_t has_weight = attr_i64(&c, "has_weight", &ok), per_class = attr_i64(&c, "weight_per_class", &ok);
     const int64_t has_pos = attr_i64(&c, "has_pos_weight", &ok);
+    const int64_t pos_per_class = attr_i64(&c, "pos_weight_per_class", &ok);
     const int64_t fwd = attr_i64(&c, "fwd", &ok), grad = attr_i64(&c, "grad", &ok);
     if (!ok || reduction < RED_NONE || reduction > RED_SUM || !(fwd || grad))
         return fail(&c, XFFI_INTERNAL, "fusedce_bce: missing or malformed attributes");
@@ -567,7 +578,7 @@ void *fusedce_xla_bce(void *frame)
     const int64_t per = reduction == RED_NONE ? total : G;
     if (t->dtype != x->dtype || numel(t) != total ||
         (w && (w->dtype != cd || (per_class ? (numel(w) != C && numel(w) != G * C) : numel(w) != total))) ||
-        (pw && (pw->dtype != cd || (numel(pw) != C && numel(pw) != G * C))) ||
+        (pw && (pw->dtype != cd || (pos_per_class ? (numel(pw) != C && numel(pw) != G * C) : numel(pw) != total))) ||
         (gup && (gup->dtype != cd || numel(gup) != per)) ||
         (loss_out && (loss_out->dtype != (reduction == RED_NONE ? x->dtype : cd) || numel(loss_out) != per)) ||
         (grad_out && (grad_out->dtype != x->dtype || numel(grad_out) != total)))
@@ -585,7 +596,7 @@ void *fusedce_xla_bce(void *frame)
     if (grad_out) advise_huge_pages(grad_out->data, x->data, (size_t)total * xes);
     if (loss_out && reduction == RED_NONE) advise_huge_pages(loss_out->data, x->data, (size_t)total * xes);
     const size_t ces = cd == XFFI_F64 ? 8 : 4;
-    const int64_t wgroups = w && per_class ? numel(w) / C : 1, pgroups = pw ? numel(pw) / C : 1;
+    const int64_t wgroups = w && per_class ? numel(w) / C : 1, pgroups = pw && pos_per_class ? numel(pw) / C : 1;
     int rc = FUSEDCE_OK;
     /* One kernel call per vmapped instance: each has its own sum, scale and per-class weights. */
     for (int64_t g = 0; g < G && rc == FUSEDCE_OK; g++) {
@@ -601,7 +612,10 @@ void *fusedce_xla_bce(void *frame)
             a.weight_per_class = (int)per_class;
             a.weight = (const char *)w->data + (per_class ? (size_t)(wgroups > 1 ? g : 0) * (size_t)C : e0) * ces;
         }
-        if (pw) a.pos_weight = (const char *)pw->data + (size_t)(pgroups > 1 ? g : 0) * (size_t)C * ces;
+        if (pw) {
+            a.pos_weight_per_element = !pos_per_class;
+            a.pos_weight = (const char *)pw->data + (pos_per_class ? (size_t)(pgroups > 1 ? g : 0) * (size_t)C : e0) * ces;
+        }
         if (gup) {
             if (reduction == RED_NONE)
                 a.grad_scale = (const char *)gup->data + e0 * ces;
@@ -641,14 +655,15 @@ void *fusedce_xla_softmax(void *frame)
     const xffi_buffer *x = arg(&c, 0);
     const xffi_buffer *out = mode == FUSEDCE_LOGSUMEXP ? NULL : ret(&c, 0);
     const xffi_buffer *lse_out = ret(&c, mode == FUSEDCE_LOGSUMEXP ? 0 : 1);
-    if (!x || !lse_out || (mode != FUSEDCE_LOGSUMEXP && !out) || logits_code(x->dtype) < 0 || x->rank < 1 ||
-        x->dims[x->rank - 1] < 1)
+    if (!x || !lse_out || (mode != FUSEDCE_LOGSUMEXP && !out) || logits_code(x->dtype) < 0 || x->rank < 1)
         return fail(&c, XFFI_INTERNAL, "fusedce_softmax: unexpected operands");
     const int cd = compute_dtype(x->dtype);
-    const int64_t K = x->dims[x->rank - 1], rows = numel(x) / K;
+    const int64_t K = x->dims[x->rank - 1], rows = rows_of(x);
     if (lse_out->dtype != cd || numel(lse_out) != rows || (out && (out->dtype != x->dtype || numel(out) != rows * K)))
         return fail(&c, XFFI_INTERNAL, "fusedce_softmax: operand shapes or dtypes do not match");
-    if (rows == 0) return NULL;
+    if (K == 0) /* log of an empty sum; the softmax itself is empty */
+        for (int64_t r = 0; r < rows; r++) store(cd, lse_out->data, r, -INFINITY);
+    if (rows == 0 || K == 0) return NULL;
     if (out) advise_huge_pages(out->data, x->data, (size_t)(rows * K) * (x->dtype == XFFI_F64 ? 8 : x->dtype == XFFI_F32 ? 4 : 2));
     double *lse = cd == XFFI_F64 ? (double *)lse_out->data : (double *)malloc(sizeof(double) * (size_t)rows);
     if (!lse) return fail(&c, XFFI_INTERNAL, "fusedce_softmax: out of memory");

@@ -351,13 +351,18 @@ def _bce_case(dtype=np.float32):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("opt", ["plain", "weight", "weight_full", "pos_weight", "both"])
+@pytest.mark.parametrize("opt", ["plain", "weight", "weight_full", "pos_weight", "both", "pos_weight_1C",
+                                 "pos_weight_full", "pos_weight_rows"])
 def test_bce(opt, reduction, residual):
     rng, x, y = _bce_case()
     kw = {"plain": {}, "weight": {"weight": rng.uniform(0.5, 2, 5)},
           "weight_full": {"weight": rng.uniform(0.5, 2, (6, 1))},
           "pos_weight": {"pos_weight": rng.uniform(0.5, 3, 5)},
-          "both": {"weight": rng.uniform(0.5, 2, 5), "pos_weight": rng.uniform(0.5, 3, 5)}}[opt]
+          "both": {"weight": rng.uniform(0.5, 2, 5), "pos_weight": rng.uniform(0.5, 3, 5)},
+          # pos_weight broadcast to the target as torch broadcasts it
+          "pos_weight_1C": {"pos_weight": rng.uniform(0.5, 3, (1, 5))},
+          "pos_weight_full": {"weight": rng.uniform(0.5, 2, (1, 5)), "pos_weight": rng.uniform(0.5, 3, (6, 5))},
+          "pos_weight_rows": {"pos_weight": rng.uniform(0.5, 3, (6, 1))}}[opt]
     loss = jax.jit(lambda a, b: fj.binary_cross_entropy_with_logits(a, b, reduction=reduction, **kw))(x, y)
     assert_loss_close(loss, ref.binary_cross_entropy_with_logits(x, y, reduction=reduction, **kw), np.float32)
     go = rng.standard_normal(x.shape)
@@ -385,6 +390,17 @@ def test_bce_dtypes(dtype):
         assert_grad_close(grad, ref_grad, dtype)
         none = fj.binary_cross_entropy_with_logits(x, y, reduction="none")
         assert none.dtype == jnp.dtype(dtype)
+
+
+def test_bce_vmap_per_element_pos_weight():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 4, 6)).astype(np.float32)
+    y = (rng.random((3, 4, 6)) < 0.5).astype(np.float32)
+    pw = rng.uniform(0.5, 3, (3, 4, 1))
+    grads = jax.vmap(jax.grad(lambda a, b, p: fj.binary_cross_entropy_with_logits(a, b, pos_weight=p)))(x, y, pw)
+    for v in range(3):
+        want_g = ref.binary_cross_entropy_with_logits_with_grad(x[v], y[v], pos_weight=pw[v])[1]
+        assert_grad_close(grads[v], want_g, np.float32)
 
 
 def test_bce_vmap_per_instance_pos_weight():
@@ -494,7 +510,7 @@ def test_bce_bad_input():
         jax.jit(lambda a: fj.binary_cross_entropy_with_logits(a, jnp.zeros((3, 3)))).trace(x)
     with pytest.raises(TypeError, match="target must be a floating array"):
         fj.binary_cross_entropy_with_logits(x, np.zeros((3, 4), np.int32))
-    with pytest.raises(ValueError, match=r"pos_weight must have shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"pos_weight of shape \(3,\) does not broadcast to the logits. shape"):
         fj.binary_cross_entropy_with_logits(x, x, pos_weight=np.ones(3))
     with pytest.raises(ValueError, match="weight of shape"):
         fj.binary_cross_entropy_with_logits(x, x, weight=np.ones((2, 4)))
@@ -532,3 +548,18 @@ def test_no_gpu_arrays_here_take_the_custom_call():
     x = jnp.ones((2, 3))
     assert not fj._on_gpu(x, None, np.ones(3))
     jax.jit(lambda a: (fj._on_gpu(a) and pytest.fail("tracer routed to the GPU path")) or a)(x)
+
+
+def test_no_classes():
+    """K = 0 as the NumPy API has it (fusedce._checks.as_rows): lse -inf, loss 0, empty gradient."""
+    x = jnp.zeros((3, 0), jnp.float32)
+    for target in (jnp.full(3, -100), jnp.zeros((3, 0), jnp.float32)):
+        for reduction in ("none", "mean", "sum"):
+            loss, grad = jax.value_and_grad(lambda a: jnp.sum(fj.cross_entropy(a, target, reduction=reduction)))(x)
+            assert loss == 0.0 and grad.shape == (3, 0)
+    np.testing.assert_array_equal(fj.logsumexp(x), np.full(3, -np.inf))
+    assert fj.softmax(x).shape == fj.log_softmax(x).shape == (3, 0)
+    with pytest.raises(ValueError, match=r"target\[1\] = 0 is out of range"):  # a concrete target: at trace time
+        fj.cross_entropy(x, jnp.array([-100, 0, -100]))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"target\[1\] = 0 is out of range"):  # under jit: at run time
+        jax.jit(fj.cross_entropy)(x, jnp.array([-100, 0, -100])).block_until_ready()

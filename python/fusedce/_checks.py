@@ -422,22 +422,31 @@ def _bce_float_array(value, name):
     return a
 
 
+def bce_broadcast_is_per_class(value_shape, name, shape):
+    """The broadcasting rule for BCE's weight / pos_weight (torch's): value_shape must broadcast
+    to the logits' shape without making it larger. True when it varies along the last axis
+    only (one per class, or one value), which the kernels take as a (C,) vector."""
+    try:
+        full = np.broadcast_shapes(tuple(value_shape), tuple(shape))
+    except ValueError:
+        raise ValueError(f"{name} of shape {tuple(value_shape)} does not broadcast to the logits' shape "
+                         f"{tuple(shape)}") from None
+    if full != tuple(shape):
+        raise ValueError(f"{name} of shape {tuple(value_shape)} would broadcast the logits' shape "
+                         f"{tuple(shape)} larger")
+    return all(n == 1 for n in tuple(value_shape)[:-1])
+
+
 def _bce_broadcast(value, name, shape, rows, classes):
-    """weight / pos_weight broadcast to the logits' shape, as torch broadcasts them: a (C,)
-    float64 vector when it varies along the last axis only (one per class), else
-    materialised to (rows, C). A shape that would make the logits' larger is refused."""
+    """weight / pos_weight broadcast to the logits' shape: a (C,) float64 vector when it is per
+    class, else materialised to (rows, C)."""
     if value is None:
         return None
     a = _bce_float_array(value, name)
     check_finite(a, name)
-    try:
-        full = np.broadcast_shapes(a.shape, shape)
-    except ValueError:
-        raise ValueError(f"{name} of shape {a.shape} does not broadcast to the logits' shape {shape}") from None
-    if full != shape:
-        raise ValueError(f"{name} of shape {a.shape} would broadcast the logits' shape {shape} larger")
+    per_class = bce_broadcast_is_per_class(a.shape, name, shape)
     a = a.astype(np.float64)
-    if all(n == 1 for n in a.shape[:-1]):  # per class (or one value): kept as a (C,) vector
+    if per_class:
         return np.ascontiguousarray(np.broadcast_to(a.reshape(a.shape[-1:]), (classes,)))
     return np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(rows, classes)
 

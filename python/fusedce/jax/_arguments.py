@@ -99,10 +99,15 @@ def check_ce(logits, target, weight, *, reduction, ignore_index, label_smoothing
     soft = _checks.is_float_array(t) and t.shape == x.shape
     if soft:
         # only ignore_index is judged: an empty probe with the logits' class count
-        _checks.as_probability_target(np.zeros((0, K), x.dtype), stand_in(x), ignore_index)
+        _checks.check_ignore_index_unused(ignore_index)
         t = t.astype(x.dtype)
     else:
-        _checks.as_target(host_or_stand_in(t), batch_shape, K, ignore_index)
+        probe = host_or_stand_in(t)
+        if is_traced(t) and probe.dtype.kind in "iu":
+            # values unknown until run time (the custom call checks them): a probe of ignored
+            # rows, so that only shape and dtype are judged now, whatever K is (even 0)
+            probe = np.broadcast_to(np.int64(ignore_index), probe.shape)
+        _checks.as_target(probe, batch_shape, K, ignore_index)
         if t.dtype not in (jnp.int32, jnp.int64):
             t = t.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
     w = None
@@ -121,6 +126,7 @@ class BCEOptions:
     reduction: str
     batch_rank: int  # logits.ndim as called
     weight_per_class: bool
+    pos_weight_per_class: bool
 
     @property
     def reduction_code(self):
@@ -136,8 +142,8 @@ def _bce_real(value, name):
 
 def check_bce(logits, target, weight, pos_weight, *, reduction):
     """(BCEOptions, logits, target, weight, pos_weight): the NumPy API's rules
-    (fusedce._checks.check_bce) on shapes and dtypes; weight per class (C,) or of the logits'
-    shape, pos_weight (C,), both in the compute dtype."""
+    (fusedce._checks.check_bce) on shapes and dtypes; weight and pos_weight each per class (C,)
+    or of the logits' shape, in the compute dtype."""
     x = as_jax(logits, "logits", "an array of floats")
     _checks.check_logits_dtype(x)
     if not isinstance(reduction, str) or reduction not in _checks.REDUCTIONS:
@@ -149,28 +155,20 @@ def check_bce(logits, target, weight, pos_weight, *, reduction):
         raise ValueError(f"target must have the logits' shape {x.shape}, got {t.shape}")
     cd = compute_dtype(x.dtype)
     classes = x.shape[-1] if x.ndim else 1
-    w = pw = None
-    per_class = True
-    if weight is not None:
-        wa = _bce_real(weight, "weight")
-        if not is_traced(wa):
-            _checks.check_finite(np.asarray(wa), "weight")
-        try:
-            shape = np.broadcast_shapes(wa.shape, x.shape)
-        except ValueError:
-            raise ValueError(f"weight of shape {wa.shape} does not broadcast to the logits' shape {x.shape}") from None
-        if shape != x.shape:
-            raise ValueError(f"weight of shape {wa.shape} would broadcast the logits' shape {x.shape} larger")
-        per_class = wa.ndim <= 1
-        w = jnp.broadcast_to(wa.astype(cd), (classes,) if per_class else x.shape)
-    if pos_weight is not None:
-        pa = _bce_real(pos_weight, "pos_weight")
-        if not is_traced(pa):
-            _checks.check_finite(np.asarray(pa), "pos_weight")
-        if pa.ndim > 1 or (pa.ndim == 1 and pa.shape[0] not in (1, classes)):
-            raise ValueError(f"pos_weight must have shape ({classes},) (one per class, the last axis), got {pa.shape}")
-        pw = jnp.broadcast_to(pa.astype(cd), (classes,))
-    opts = BCEOptions(reduction, x.ndim, per_class)
+    broadcast = {}
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is None:
+            broadcast[name] = (None, True)
+            continue
+        a = _bce_real(value, name)
+        if not is_traced(a):
+            _checks.check_finite(np.asarray(a), name)
+        per_class = _checks.bce_broadcast_is_per_class(a.shape, name, x.shape)
+        if per_class:
+            a = a.reshape(a.shape[-1:])
+        broadcast[name] = (jnp.broadcast_to(a.astype(cd), (classes,) if per_class else x.shape), per_class)
+    (w, w_per_class), (pw, pw_per_class) = broadcast["weight"], broadcast["pos_weight"]
+    opts = BCEOptions(reduction, x.ndim, w_per_class, pw_per_class)
     return opts, x, t.astype(x.dtype), w, pw
 
 

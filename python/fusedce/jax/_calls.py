@@ -116,7 +116,8 @@ def bce(opts, x, t, w, pw, *, fwd=False, grad=False, cot=None):
     call = jax.ffi.ffi_call(BCE, out, vmap_method="broadcast_all", input_output_aliases=aliases)
     return call(*operands, reduction=_i(opts.reduction_code), batch_rank=_i(opts.batch_rank),
                 has_weight=_i(w is not None), weight_per_class=_i(opts.weight_per_class),
-                has_pos_weight=_i(pw is not None), fwd=_i(fwd), grad=_i(grad))
+                has_pos_weight=_i(pw is not None), pos_weight_per_class=_i(opts.pos_weight_per_class),
+                fwd=_i(fwd), grad=_i(grad))
 
 
 MODES = {"logsumexp": 0, "softmax": 1, "log_softmax": 2}
