@@ -45,5 +45,7 @@ not itself differentiated).
 
 from ._bce import BCEWithLogitsLoss, binary_cross_entropy_with_logits
 from ._cross_entropy import CrossEntropyLoss, cross_entropy
+from ._linear import LinearCrossEntropyLoss, linear_cross_entropy
 
-__all__ = ["cross_entropy", "CrossEntropyLoss", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss"]
+__all__ = ["cross_entropy", "CrossEntropyLoss", "binary_cross_entropy_with_logits", "BCEWithLogitsLoss",
+           "linear_cross_entropy", "LinearCrossEntropyLoss"]
