@@ -284,3 +284,25 @@ def test_tolerance_check_catches_nan():
     errors = _bench.result_errors(_bench.Outcome(grad=bad), oracle, "float32")
     with pytest.raises(_bench.CheckFailure, match="gradient"):
         _bench.require_within_tolerance(errors, "case")
+
+
+def test_bench_linear_every_variant_agrees(capsys):
+    """`fusedce bench-linear` on a tiny head: every variant runs in its own process and the
+    fused losses equal torch's (the same inputs in every process)."""
+    pytest.importorskip("torch")
+    assert main(["bench-linear", "--shape", "64x16x300", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    losses = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("torch-unfused", "torch-chunked", "fusedce-torch", "fusedce-numpy"):
+            losses[parts[0]] = float(parts[-1])
+    assert len(losses) == 4, out
+    assert max(losses.values()) - min(losses.values()) <= 1e-5 * max(losses.values())
+
+
+def test_bench_linear_bad_shape_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench-linear", "--shape", "64x16"])
+    assert exc.value.code == 2
+    assert "expected NxHxV" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     fusedce bench                      check, then time every backend on the default grid
     fusedce bench --shape 4096x32000 --isa all --op all --json out.json --plot out.png
     fusedce bench --loss soft --loss bce   probability targets and binary cross-entropy
+    fusedce bench-linear               the fused linear + cross-entropy against torch's (own processes)
     fusedce check                      correctness only: every ISA, every dtype, small shapes
     fusedce info                       version, build, ISAs, threads, buffer pool, CUDA, torch
     fusedce --version
@@ -15,13 +16,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, _bench
+from . import __version__, _bench, _bench_linear
 from ._cpu import ISA_NAMES
 
 
 def _shape(text):
     try:
         return _bench.parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _linear_shape(text):
+    try:
+        return _bench_linear.parse_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _linear_shape(text):
+    try:
+        return _bench_linear.parse_shape(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -46,7 +61,7 @@ def _expand_all(chosen, every, default):
 def build_parser():
     parser = argparse.ArgumentParser(prog="fusedce", description="Fused softmax + cross-entropy kernels.")
     parser.add_argument("--version", action="version", version=f"fusedce {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{bench,check,info}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{bench,bench-linear,check,info}")
 
     bench = commands.add_parser(
         "bench", help="check every backend against the float64 reference, then time it",
@@ -76,6 +91,20 @@ def build_parser():
     bench.add_argument("--plot", metavar="PATH.png", help="plot throughput against K (needs matplotlib)")
     bench.set_defaults(handler=_bench_command)
 
+    linear = commands.add_parser(
+        "bench-linear", help="the fused linear + cross-entropy against the GEMMs alone and torch's",
+        description="Times one forward+backward step of an LM head's loss from its hidden states: the three "
+                    "GEMMs alone, torch's unfused and chunked losses, fusedce.torch and the NumPy API, each "
+                    "in a fresh process, with its peak memory growth.")
+    linear.add_argument("--shape", action="append", type=_linear_shape, metavar="NxHxV",
+                        help="rows x hidden x classes, repeatable (default: "
+                             + ", ".join("x".join(map(str, s)) for s in _bench_linear.DEFAULT_SHAPES) + ")")
+    linear.add_argument("--dtype", action="append", choices=("float32", "float64", "bfloat16", "float16"),
+                        help="repeatable (default: float32)")
+    linear.add_argument("--repeat", type=_positive_int, default=_bench_linear.DEFAULT_REPEAT,
+                        help=f"timed steps per variant after a warm-up (default: {_bench_linear.DEFAULT_REPEAT})")
+    linear.set_defaults(handler=_bench_linear_command)
+
     check = commands.add_parser("check", help="correctness only: every backend, ISA and dtype on small shapes")
     check.add_argument("--threads", type=_positive_int, help="fusedce CPU threads")
     check.set_defaults(handler=_check_command)
@@ -103,6 +132,18 @@ def _bench_command(args):
     if args.plot:
         _bench.plot(report, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _bench_linear_command(args):
+    _bench_linear.bench(list(dict.fromkeys(args.shape or _bench_linear.DEFAULT_SHAPES)),
+                        list(dict.fromkeys(args.dtype or ["float32"])), args.repeat)
+    return 0
+
+
+def _bench_linear_command(args):
+    _bench_linear.bench(list(dict.fromkeys(args.shape or _bench_linear.DEFAULT_SHAPES)),
+                        list(dict.fromkeys(args.dtype or ["float32"])), args.repeat)
     return 0
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _api, _checks
+from . import _api, _checks, _pool
 
 #: the logits buffer of one chunk, in bytes, unless chunk_size says otherwise. 32 MiB: GEMMs
 #: of a few hundred rows run at the BLAS's full rate (bench/test_bench_linear.py measures
@@ -205,7 +205,7 @@ class NumpyOps:
         return a[picked]
 
     def logits_buffer(self, rows, vocab):
-        return np.empty((rows, vocab), self.dtype)
+        return _pool.empty((rows, vocab), self.dtype)  # released after the call: the next one reuses it
 
     def linear(self, x_c, w, bias, out):
         np.matmul(x_c, w.T, out=out)
@@ -216,8 +216,13 @@ class NumpyOps:
         if not want_grad:
             return None
         vocab, hidden = call.w.shape
-        return (np.zeros((call.x.shape[0], hidden), self.dtype), np.zeros((vocab, hidden), self.dtype),
+        return (self._zeros((call.x.shape[0], hidden)), self._zeros((vocab, hidden)),
                 None if call.bias is None else np.zeros(vocab, np.float64))
+
+    def _zeros(self, shape):
+        out = _pool.empty(shape, self.dtype)  # a reused block costs a write, not page faults
+        out.fill(0)
+        return out
 
     def backward_gemms(self, grads, dlogits, x_c, w, picked, runs):
         """grad_x[picked] = dlogits @ w and grad_w += dlogits.T @ x_c (and grad_b), over the
