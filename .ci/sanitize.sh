@@ -5,7 +5,9 @@
 #
 #   tests/c/test_api.c      the public C API on every ISA, with all of csrc/ (the library)
 #   tests/c/test_kernels.c  the per-ISA row primitives, built by tests/c/build.sh (ce_portable.c
-#                           and the ISA files only), when that driver is there
+#                           and the ISA files only), when that driver is there; with ASan it
+#                           also checks every primitive's output hash against
+#                           tests/c/kernel_hashes.txt (too slow under valgrind)
 #
 # Each ISA file gets its own flags only, as CMakeLists.txt does. Exit status: non-zero on any
 # build failure, sanitizer report, valgrind error or leak, or failed check.
@@ -28,7 +30,7 @@ install_quietly "$CC" gcc
 if [ "$mode" = valgrind ]; then install_quietly valgrind valgrind; fi
 
 if [ "$mode" = asan ]; then
-    cflags="-std=c11 -g -O1 -fno-math-errno -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=all"
+    cflags="-std=c11 -g -O1 -fno-math-errno -ffp-contract=off -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=all"
     ldflags="-fsanitize=address,undefined -fopenmp"
     export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -37,7 +39,7 @@ if [ "$mode" = asan ]; then
 else
     # valgrind and libgomp's threads are noisy together: no OpenMP here (the pragmas are
     # then plain loops); valgrind's CPU has no AVX-512, so those kernels are skipped.
-    cflags="-std=c11 -g -O1 -fno-math-errno -Wno-unknown-pragmas -Wno-unused-variable"
+    cflags="-std=c11 -g -O1 -fno-math-errno -ffp-contract=off -Wno-unknown-pragmas -Wno-unused-variable"
     ldflags=""
     run=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible)
     api_args=(--small)
@@ -104,8 +106,9 @@ elif [ -f tests/c/test_kernels.c ]; then
 fi
 if [ -x "$out/test_kernels" ]; then
     echo "+ test_kernels ($mode)"
-    if [ "$mode" = valgrind ]; then export FUSEDCE_TEST_SMALL=1; fi
-    "${run[@]}" "$out/test_kernels" | tail -n 40 || status=1
+    kernel_args=(--check-hashes tests/c/kernel_hashes.txt)
+    if [ "$mode" = valgrind ]; then export FUSEDCE_TEST_SMALL=1; kernel_args=(); fi
+    "${run[@]}" "$out/test_kernels" "${kernel_args[@]}" | tail -n 40 || status=1
 fi
 
 if [ "$status" -ne 0 ]; then echo "sanitize ($mode): FAILED"; else echo "sanitize ($mode): ok"; fi

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the standalone kernel test: tests/c/build.sh [output]   (default tests/c/test_kernels)
-# Links ce_portable.c and the ISA files of the target: avx2 + avx512 on x86-64, neon on
-# AArch64 (ISAS="avx2" etc. to choose). CC, CFLAGS, LDFLAGS as usual, e.g.
+# Links ce_portable.c, kernel_hashes.c (its --hashes mode) and the ISA files of the target:
+# avx2 + avx512 on x86-64, neon on AArch64 (ISAS="avx2" etc. to choose). CC, CFLAGS, LDFLAGS as usual, e.g.
 #   CFLAGS="-O1 -g -fsanitize=address,undefined" tests/c/build.sh && tests/c/test_kernels
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -27,7 +27,7 @@ defs=""
 for isa in $ISAS; do
     defs="$defs -DFUSEDCE_HAVE_$(echo "$isa" | tr a-z A-Z)"
 done
-common="-std=c11 -Wall -Wextra -I$root/csrc -I$root/csrc/include $defs"
+common="-std=c11 -ffp-contract=off -Wall -Wextra -I$root/csrc -I$root/csrc/include $defs"
 objs=""
 for isa in portable $ISAS; do
     eval "isa_flags=\${flags_$isa:-}"
@@ -36,4 +36,4 @@ for isa in portable $ISAS; do
     objs="$objs $tmp/ce_$isa.o"
 done
 # shellcheck disable=SC2086
-$CC $CFLAGS $common "$here/test_kernels.c" $objs -o "$out" $LDFLAGS -lm
+$CC $CFLAGS $common "$here/test_kernels.c" "$here/kernel_hashes.c" $objs -o "$out" $LDFLAGS -lm

@@ -4,6 +4,11 @@
  * Links only ce_portable.c and the ISA files (no dispatch, no driver). ISAs the CPU lacks
  * are skipped. FUSEDCE_TEST_EXHAUSTIVE=1 sweeps every float in the exp range instead of a
  * sample. Last line: "N passed, M failed"; exit status 1 on any failure.
+ *
+ *   test_kernels --hashes              only print "isa dtype case hash" for every primitive
+ *                                      (kernel_hashes.c), e.g. > tests/c/kernel_hashes.txt
+ *   test_kernels --check-hashes FILE   the tests, then every hash of the ISAs run here
+ *                                      compared with FILE's: a refactor moves no bit
  */
 #include <math.h>
 #include <stdarg.h>
@@ -12,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernel_hashes.h"
 #include "kernels.h"
 
 /* ---- bookkeeping ------------------------------------------------------------------------ */
@@ -915,8 +921,104 @@ static int64_t length_at(int i)
 }
 #define N_LENGTHS (65 + 6)
 
-int main(void)
+/* ---- hashes ------------------------------------------------------------------------------ */
+
+/* Lines are per architecture: portable's hashes follow the C library's expf and tanhf. */
+#if defined(__x86_64__)
+#define HASH_ARCH "x86_64"
+#elif defined(__aarch64__)
+#define HASH_ARCH "aarch64"
+#else
+#define HASH_ARCH "other"
+#endif
+
+static void print_hash(const char *isa, const char *dtype, const char *name, uint64_t hash, void *ctx)
 {
+    (void)ctx;
+    printf("%s %s %s %s %016llx\n", HASH_ARCH, isa, dtype, name, (unsigned long long)hash);
+}
+
+typedef struct {
+    char arch[16], isa[16], dtype[8], name[96];
+    unsigned long long hash;
+    int seen;
+} recorded_hash;
+typedef struct {
+    recorded_hash *rec;
+    int n;
+    long mismatched, missing;
+} hash_file;
+
+static void compare_hash(const char *isa, const char *dtype, const char *name, uint64_t hash, void *ctx)
+{
+    hash_file *f = (hash_file *)ctx;
+    for (int i = 0; i < f->n; i++) {
+        recorded_hash *r = &f->rec[i];
+        if (strcmp(r->isa, isa) || strcmp(r->dtype, dtype) || strcmp(r->name, name)) continue;
+        r->seen = 1;
+        if (r->hash != (unsigned long long)hash) {
+            f->mismatched++;
+            check(0, "hash of %s %s %s: %016llx, recorded %016llx", isa, dtype, name,
+                  (unsigned long long)hash, r->hash);
+        }
+        return;
+    }
+    f->missing++;
+    check(0, "hash of %s %s %s (%016llx) is not recorded", isa, dtype, name, (unsigned long long)hash);
+}
+
+/* Every hash of the ISAs this CPU runs against the file's (lines of other ISAs and
+ * architectures are left). */
+static void check_hashes(const char *path)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        check(0, "cannot read %s", path);
+        return;
+    }
+    hash_file f = {NULL, 0, 0, 0};
+    int cap = 0;
+    char line[256];
+    while (fgets(line, sizeof line, fp)) {
+        if (f.n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            f.rec = realloc(f.rec, (size_t)cap * sizeof *f.rec);
+            if (!f.rec) exit(2);
+        }
+        recorded_hash *r = &f.rec[f.n];
+        r->seen = 0;
+        if (sscanf(line, "%15s %15s %7s %95s %llx", r->arch, r->isa, r->dtype, r->name, &r->hash) == 5 &&
+            strcmp(r->arch, HASH_ARCH) == 0)
+            f.n++;
+    }
+    fclose(fp);
+    fails_to_show = n_failed + 20;
+    for (int ii = 0; ii < N_ISAS; ii++) {
+        if (!isas[ii].supported()) continue;
+        const long mismatched = f.mismatched, missing = f.missing;
+        kernel_hashes(isas[ii].name, isas[ii].table, compare_hash, &f);
+        for (int i = 0; i < f.n; i++)
+            check(f.rec[i].seen || strcmp(f.rec[i].isa, isas[ii].name) != 0,
+                  "recorded hash %s %s %s was not produced", f.rec[i].isa, f.rec[i].dtype, f.rec[i].name);
+        printf("%-8s hashes: %s (%ld differ, %ld not recorded)\n", isas[ii].name,
+               f.mismatched == mismatched && f.missing == missing ? "as recorded" : "CHANGED",
+               f.mismatched - mismatched, f.missing - missing);
+    }
+    free(f.rec);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--hashes") == 0) {
+        for (int ii = 0; ii < N_ISAS; ii++)
+            if (isas[ii].supported()) kernel_hashes(isas[ii].name, isas[ii].table, print_hash, NULL);
+        return 0;
+    }
+    const char *hash_path = argc == 3 && strcmp(argv[1], "--check-hashes") == 0 ? argv[2] : NULL;
+    if (argc > 1 && !hash_path) {
+        fprintf(stderr, "usage: %s [--hashes | --check-hashes FILE]\n", argv[0]);
+        return 2;
+    }
     const char *ex = getenv("FUSEDCE_TEST_EXHAUSTIVE");
     const int exhaustive = ex && *ex && *ex != '0';
     /* FUSEDCE_TEST_SMALL=1 (valgrind): every length and special value still, but a subset
@@ -968,6 +1070,7 @@ int main(void)
         }
         printf("%-8s %s\n", isa->name, n_failed == failed_before ? "ok" : "FAILED");
     }
+    if (hash_path) check_hashes(hash_path);
     printf("%ld passed, %ld failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
 }
