@@ -90,7 +90,9 @@ CE_ALWAYS_INLINE uint64x2_t lanes_f64x2(int m)
     return vcltq_u64(vld1q_u64(iota), vdupq_n_u64((uint64_t)m));
 }
 
-/* Any NaN lane; lane sums in double. */
+/* Any lane of a mask; any NaN lane; lane sums in double. */
+CE_ALWAYS_INLINE int any_u32x4(uint32x4_t m) { return vmaxvq_u32(m) != 0; }
+CE_ALWAYS_INLINE int any_u64x2(uint64x2_t m) { return vmaxvq_u32(vreinterpretq_u32_u64(m)) != 0; }
 CE_ALWAYS_INLINE int anynan_f32x4(float32x4_t v) { return vminvq_u32(vceqq_f32(v, v)) == 0; }
 CE_ALWAYS_INLINE int anynan_f64x2(float64x2_t v)
 {
@@ -123,6 +125,8 @@ CE_ALWAYS_INLINE double hsum_f32x4(float32x4_t v)
 #define VLOG1P ce_log1p01_f32x4
 #define VLANES lanes_f32x4
 #define VANYNAN anynan_f32x4
+#define VANY any_u32x4
+#define VEC_MASK uint32x4_t
 #define VHMAX vmaxvq_f32
 #define VHSUM hsum_f32x4
 #define LDC ld_f32   /* weights and the block buffer are in the compute type */
@@ -150,6 +154,8 @@ CE_ALWAYS_INLINE double hsum_f32x4(float32x4_t v)
 #undef VLOG1P
 #undef VLANES
 #undef VANYNAN
+#undef VANY
+#undef VEC_MASK
 #undef VHMAX
 #undef VHSUM
 #undef LDC
@@ -166,6 +172,8 @@ CE_ALWAYS_INLINE double hsum_f32x4(float32x4_t v)
 #define VLOG1P ce_log1p01_f64x2
 #define VLANES lanes_f64x2
 #define VANYNAN anynan_f64x2
+#define VANY any_u64x2
+#define VEC_MASK uint64x2_t
 #define VHMAX vmaxvq_f64
 #define VHSUM vaddvq_f64
 #define LDC ld_f64
@@ -242,7 +250,7 @@ CE_ALWAYS_INLINE CT CE_FN(block_max)(const T *x, int nb, CT *ybuf, VT cap, VT in
         j += VN;
     }
     for (; j % (4 * VN); j += VN) VOP(vst1)(ybuf + j, neg_inf);
-    vmax0 = VOP(vbsl)(VOP(vcgt)(vmax1, vmax0), vmax1, vmax0);
+    vmax0 = VOP(vbsl)(VOP(vcgt)(vmax0, vmax1), vmax0, vmax1); /* as x86's max: ties give vmax1 */
     return VHMAX(vmax0);
 }
 
@@ -323,10 +331,11 @@ CE_ALWAYS_INLINE VT CE_FN(cap_deriv)(VT u, VT th)
 {
     const VT one = VDUP((CT)1), au = VOP(vabs)(u);
     VT d = VOP(vfms)(one, th, th);
-    if (VHMAX(au) > (CT)1) {
+    const VEC_MASK far = VOP(vcgt)(au, one);
+    if (VANY(far)) { /* any such lane, NaN lanes or not */
         const VT e = VEXP(VOP(vmul)(VDUP((CT)-2), au)), one_e = VOP(vadd)(one, e);
         const VT far_d = VOP(vdiv)(VOP(vmul)(VDUP((CT)4), e), VOP(vmul)(one_e, one_e));
-        d = VOP(vbsl)(VOP(vcgt)(au, one), far_d, d);
+        d = VOP(vbsl)(far, far_d, d);
     }
     return d;
 }
