@@ -4,13 +4,13 @@
 # run under valgrind (a smaller problem; .ci/valgrind.sh is that).
 #
 #   tests/c/test_api.c      the public C API on every ISA, with all of csrc/ (the library)
-#   tests/c/test_kernels.c  the per-ISA row primitives, built by tests/c/build.sh (ce_portable.c
-#                           and the ISA files only), when that driver is there; with ASan it
-#                           also checks every primitive's output hash against
-#                           tests/c/kernel_hashes.txt (too slow under valgrind)
+#   tests/c/test_kernels.c  the per-ISA row primitives, built by tests/c/build.sh (ce_portable.c,
+#                           the ISA files and dispatch.c); with ASan it also checks every
+#                           primitive's output hash against tests/c/kernel_hashes.txt (too slow
+#                           under valgrind)
 #
-# Each ISA file gets its own flags only, as CMakeLists.txt does. Exit status: non-zero on any
-# build failure, sanitizer report, valgrind error or leak, or failed check.
+# Each ISA file gets its own flags only (csrc/isa_list.h), as CMakeLists.txt does. Exit status:
+# non-zero on any build failure, sanitizer report, valgrind error or leak, or failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,39 +45,24 @@ else
     api_args=(--small)
 fi
 
-# The ISA files of this target that exist (another file may be missing while it is written).
-case $($CC -dumpmachine) in
-x86_64* | amd64*) candidates="avx2 avx512" ;;
-aarch64* | arm64*) candidates="neon" ;;
-*) candidates="" ;;
-esac
-isas=""
-for isa in $candidates; do
-    if [ -f "csrc/ce_$isa.c" ]; then isas="$isas $isa"; else echo "note: csrc/ce_$isa.c missing, $isa not built"; fi
-done
-isas=${isas# }
-
-isa_flags() {
-    case $1 in
-    avx2) echo "-mavx2 -mfma -mf16c" ;;
-    avx512) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c" ;;
-    *) echo "" ;;
-    esac
-}
+# The ISA files of this target, from csrc/isa_list.h (tests/c/isas.sh): "name flags..." lines.
+isa_lines=$(CC=$CC sh tests/c/isas.sh)
+isas=$(echo "$isa_lines" | cut -d' ' -f1 | tr '\n' ' ')
+isas=${isas% }
+all_isas=" $(sh tests/c/isas.sh --all | tr '\n' ' ') "
+isa_flags() { echo "$isa_lines" | awk -v n="$1" '$1 == n { $1 = ""; print }'; }
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-defines=""
-for isa in $isas; do defines="$defines -DFUSEDCE_HAVE_$(echo "$isa" | tr a-z A-Z)"; done
-common="$cflags -Wall -Icsrc -Icsrc/include $defines"
+common="$cflags -Wall -Icsrc -Icsrc/include"
 
 # The library: every csrc/*.c, ISA files with their flags; other targets' ISA files left out.
 objects=()
 for src in csrc/*.c; do
     name=$(basename "$src" .c)
     flags=""
-    case $name in
-    ce_avx2 | ce_avx512 | ce_neon)
+    case $all_isas in
+    *" ${name#ce_} "*)
         case " $isas " in *" ${name#ce_} "*) flags=$(isa_flags "${name#ce_}") ;; *) continue ;; esac
         ;;
     esac
@@ -92,18 +77,7 @@ status=0
 echo "+ test_api ${api_args[*]} ($mode)"
 "${run[@]}" "$out/test_api" "${api_args[@]}" | tail -n 40 || status=1
 
-if [ -f tests/c/build.sh ]; then
-    CC=$CC CFLAGS="$cflags" LDFLAGS="$ldflags" ISAS="$isas" sh tests/c/build.sh "$out/test_kernels"
-elif [ -f tests/c/test_kernels.c ]; then
-    kernel_objects=()
-    for isa in portable $isas; do
-        # shellcheck disable=SC2086
-        $CC $common $(isa_flags "$isa") -c "csrc/ce_$isa.c" -o "$out/k_$isa.o"
-        kernel_objects+=("$out/k_$isa.o")
-    done
-    # shellcheck disable=SC2086
-    $CC $common tests/c/test_kernels.c "${kernel_objects[@]}" -o "$out/test_kernels" $ldflags -lm
-fi
+CC=$CC CFLAGS="$cflags" LDFLAGS="$ldflags" ISAS="$isas" sh tests/c/build.sh "$out/test_kernels"
 if [ -x "$out/test_kernels" ]; then
     echo "+ test_kernels ($mode)"
     kernel_args=(--check-hashes tests/c/kernel_hashes.txt)

@@ -21,20 +21,15 @@
 #include <sys/auxv.h>
 #endif
 
+/* Every ISA's table (NULL where not compiled in) and name, from isa_list.h. */
+#define CE_TABLE_ENTRY(ID, name, arch, flags) [FUSEDCE_ISA_##ID] = &ce_table_##name,
 static const ce_isa_table *const ce_tables[FUSEDCE_ISA_COUNT] = {
-    [FUSEDCE_ISA_PORTABLE] = &ce_table_portable,
-#if defined(FUSEDCE_HAVE_AVX2)
-    [FUSEDCE_ISA_AVX2] = &ce_table_avx2,
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-    [FUSEDCE_ISA_AVX512] = &ce_table_avx512,
-#endif
-#if defined(FUSEDCE_HAVE_NEON)
-    [FUSEDCE_ISA_NEON] = &ce_table_neon,
-#endif
-};
-
-static const char *const ce_isa_names[FUSEDCE_ISA_COUNT] = {"portable", "avx2", "avx512", "neon"};
+    [FUSEDCE_ISA_PORTABLE] = &ce_table_portable, CE_ISA_LIST(CE_TABLE_ENTRY)};
+#undef CE_TABLE_ENTRY
+#define CE_NAME_ENTRY(ID, name, arch, flags) [FUSEDCE_ISA_##ID] = #name,
+static const char *const ce_isa_names[FUSEDCE_ISA_COUNT] = {
+    [FUSEDCE_ISA_PORTABLE] = "portable", CE_ISA_LIST(CE_NAME_ENTRY)};
+#undef CE_NAME_ENTRY
 
 static int ce_cpu_has[FUSEDCE_ISA_COUNT];
 static int ce_detected = FUSEDCE_ISA_PORTABLE;
@@ -156,6 +151,12 @@ int fusedce_active_isa(void) { return ce_active_table()->isa; }
 int fusedce_isa_compiled(int isa)
 {
     return isa >= 0 && isa < FUSEDCE_ISA_COUNT && ce_tables[isa] != NULL;
+}
+
+int ce_cpu_has_isa(int isa)
+{
+    ce_ensure_init();
+    return isa >= 0 && isa < FUSEDCE_ISA_COUNT && ce_cpu_has[isa];
 }
 
 int fusedce_isa_available(int isa)

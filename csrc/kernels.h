@@ -1,9 +1,10 @@
 /* The per-ISA row primitives and the function table that dispatch.c fills.
  *
- * Every ISA file (ce_portable.c, ce_avx2.c, ce_avx512.c, ce_neon.c) implements the same three
- * primitives per dtype over one contiguous segment of a row; the driver (ce_driver.c) owns the
- * semantics: targets, weights, smoothing, z-loss, reductions, threads and row splitting.
- * Names follow <op>_<dtype>_<isa>, e.g. ce_stats_f32_avx512.
+ * Every ISA implements the same primitives per dtype over one contiguous segment of a row:
+ * ce_portable.c in scalar C, the SIMD ISAs of isa_list.h by simd_kernels.h, written once over a
+ * per-ISA vocabulary. The driver (ce_driver.c) owns the semantics: targets, weights, smoothing,
+ * z-loss, reductions, threads and row splitting. Names follow <op>_<dtype>_<isa>, e.g.
+ * ce_stats_f32_avx512; each ce_<isa>.c lists its own.
  *
  * "Compute type": double for f64, float for f32/f16/bf16. `weight` points at the segment's
  * first class weight in the compute type. y_j = softcap*tanh(x_j/softcap) when softcap > 0,
@@ -17,6 +18,7 @@
 #include <stdint.h>
 
 #include "fusedce.h"
+#include "isa_list.h"
 
 /* The weighted sums are taken relative to ref = ce_stats_ref(max), the segment's max where
  * finite: the loss needs W*lse - sum w*y, which cancels catastrophically when the logits are
@@ -96,16 +98,13 @@ typedef struct ce_isa_table {
     void (*vexp_f64)(const double *x, int64_t n, double *y);
 } ce_isa_table;
 
+/* The tables: portable's always; a SIMD ISA's where its ce_<isa>.c is compiled in (the build
+ * compiles those of the target's architecture), else its address is NULL (a weak reference). */
 extern const ce_isa_table ce_table_portable;
-#if defined(FUSEDCE_HAVE_AVX2)
-extern const ce_isa_table ce_table_avx2;
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-extern const ce_isa_table ce_table_avx512;
-#endif
-#if defined(FUSEDCE_HAVE_NEON)
-extern const ce_isa_table ce_table_neon;
-#endif
+#define CE_DECLARE_TABLE(ID, name, arch, flags)                                                   \
+    extern const ce_isa_table ce_table_##name __attribute__((weak, visibility("hidden")));
+CE_ISA_LIST(CE_DECLARE_TABLE)
+#undef CE_DECLARE_TABLE
 
 /* Merge a segment's (max m2, sum s2) into a running (m, s): both become sums relative to the
  * larger max. A -inf max means "nothing but -inf so far" (sum 0, or NaN carried). */
@@ -136,6 +135,9 @@ static inline void ce_stream_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CS
 
 /* The active table (dispatch.c); never NULL after the first call. */
 const ce_isa_table *ce_active_table(void);
+
+/* Whether this CPU (and its OS) runs an ISA, compiled in or not (dispatch.c). */
+int ce_cpu_has_isa(int isa);
 
 /* How many threads a call over `elems` elements uses (ce_driver.c): small calls run on one. */
 int ce_threads_for(int64_t elems);

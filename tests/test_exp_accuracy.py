@@ -12,7 +12,7 @@ import pytest
 from fusedce import _cpu
 
 ffi, lib = _cpu.ffi, _cpu.lib
-ISAS = ("portable", "avx2", "avx512", "neon")
+ISAS = _cpu.ISA_NAMES
 MAX_ULP = 2.0
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from ._cffi import ffi, lib
 
-ISA_NAMES = ("portable", "avx2", "avx512", "neon")
+# Every instruction set the C library knows (csrc/isa_list.h), by enum value, compiled in or not.
+ISA_NAMES = tuple(ffi.string(lib.fusedce_isa_name(code)).decode() for code in range(lib.FUSEDCE_ISA_COUNT))
 
 _DTYPE_CODE = {
     "float32": lib.FUSEDCE_F32,

@@ -1,8 +1,8 @@
 /* Standalone check of every compiled ISA's row primitives (kernels.h) against the portable
  * kernels and a double-precision oracle, over every dtype; plus the vector exp's accuracy.
  *
- * Links only ce_portable.c and the ISA files (no dispatch, no driver). ISAs the CPU lacks
- * are skipped. FUSEDCE_TEST_EXHAUSTIVE=1 sweeps every float in the exp range instead of a
+ * Links ce_portable.c, the ISA files and dispatch.c (which says what the CPU has), not the
+ * driver. ISAs the CPU lacks are skipped; one it has that the build left out fails. FUSEDCE_TEST_EXHAUSTIVE=1 sweeps every float in the exp range instead of a
  * sample. Last line: "N passed, M failed"; exit status 1 on any failure.
  *
  *   test_kernels --hashes              only print "isa dtype case hash" for every primitive
@@ -41,42 +41,30 @@ static void check(int ok, const char *fmt, ...)
     }
 }
 
+/* Every ISA of isa_list.h: its table is NULL where this build leaves it out (another
+ * architecture's). */
 typedef struct {
     const char *name;
     const ce_isa_table *table;
-    int (*supported)(void);
+    int id;
 } isa_entry;
 
-static int always(void) { return 1; }
-#if defined(FUSEDCE_HAVE_AVX2)
-static int has_avx2(void)
-{
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-}
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-static int has_avx512(void)
-{
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
-#endif
-
-static const isa_entry isas[] = {
-    {"portable", &ce_table_portable, always},
-#if defined(FUSEDCE_HAVE_AVX2)
-    {"avx2", &ce_table_avx2, has_avx2},
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-    {"avx512", &ce_table_avx512, has_avx512},
-#endif
-#if defined(FUSEDCE_HAVE_NEON)
-    {"neon", &ce_table_neon, always},
-#endif
-};
+#define ISA_ENTRY(ID, name, arch, flags) {#name, &ce_table_##name, FUSEDCE_ISA_##ID},
+static const isa_entry isas[] = {{"portable", &ce_table_portable, FUSEDCE_ISA_PORTABLE}, CE_ISA_LIST(ISA_ENTRY)};
+#undef ISA_ENTRY
 #define N_ISAS ((int)(sizeof(isas) / sizeof(isas[0])))
+
+/* Whether an ISA's kernels run here; an ISA this CPU has but the build left out is a failure. */
+static int isa_runs(const isa_entry *isa, int quiet)
+{
+    const int cpu = ce_cpu_has_isa(isa->id);
+    if (!isa->table) {
+        check(!cpu, "%s: this CPU has it, but it is not compiled in", isa->name);
+        return 0;
+    }
+    if (!cpu && !quiet) printf("%-8s skipped: this CPU lacks it\n", isa->name);
+    return cpu;
+}
 
 /* ---- dtypes ----------------------------------------------------------------------------- */
 
@@ -994,7 +982,7 @@ static void check_hashes(const char *path)
     fclose(fp);
     fails_to_show = n_failed + 20;
     for (int ii = 0; ii < N_ISAS; ii++) {
-        if (!isas[ii].supported()) continue;
+        if (!isa_runs(&isas[ii], 1)) continue;
         const long mismatched = f.mismatched, missing = f.missing;
         kernel_hashes(isas[ii].name, isas[ii].table, compare_hash, &f);
         for (int i = 0; i < f.n; i++)
@@ -1011,7 +999,7 @@ int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--hashes") == 0) {
         for (int ii = 0; ii < N_ISAS; ii++)
-            if (isas[ii].supported()) kernel_hashes(isas[ii].name, isas[ii].table, print_hash, NULL);
+            if (isa_runs(&isas[ii], 1)) kernel_hashes(isas[ii].name, isas[ii].table, print_hash, NULL);
         return 0;
     }
     const char *hash_path = argc == 3 && strcmp(argv[1], "--check-hashes") == 0 ? argv[2] : NULL;
@@ -1029,10 +1017,7 @@ int main(int argc, char **argv)
     const int bce_variant_step = small ? 9 : 1;  /* 0, 9, ..., 63: each of 6 bits on and off */
     for (int ii = 0; ii < N_ISAS; ii++) {
         const isa_entry *isa = &isas[ii];
-        if (!isa->supported()) {
-            printf("%-8s skipped: this CPU lacks it\n", isa->name);
-            continue;
-        }
+        if (!isa_runs(isa, 0)) continue;
         const long failed_before = n_failed;
         fails_to_show = n_failed + 20; /* the first few of each ISA */
         test_exp(isa, exhaustive);

@@ -1,0 +1,400 @@
+/* The row primitives of kernels.h for one dtype, written once over a vocabulary: included by
+ * simd_kernels.h with T (storage type), SUF (dtype suffix) and the lane family's V, M, CT, VN,
+ * VOP set. Same contract as ce_portable.c (kernels.h); see there for the math.
+ *
+ * Tails (and the head of a streamed gradient) are partial vectors of m < VN elements: LDP
+ * loads zeros past m, STP writes m elements; the math is the same vector code everywhere. */
+
+/* One full vector of pass A: y = cap(x) kept in ybuf and folded into the max. */
+CE_INLINE void CE_FN(pass_a)(const T *x, CT *ybuf, V cap, V inv_cap, V *vmax, const int capped)
+{
+    V y = LD(x);
+    if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+    STC(ybuf, y);
+    *vmax = VOP(max)(y, *vmax); /* NaN-skipping: NaNs leave the max alone */
+}
+
+/* Pass A over one block: y into ybuf (-inf past nb, up to a multiple of 4*VN, so pass B needs
+ * no tail), and the block max. Two chains of max hide its latency. */
+CE_INLINE CT CE_FN(block_max)(const T *x, int nb, CT *ybuf, V cap, V inv_cap, const int capped)
+{
+    const V neg_inf = VOP(set1)((CT)-INFINITY);
+    V vmax0 = neg_inf, vmax1 = neg_inf;
+    int j = 0;
+    for (; j + 2 * VN <= nb; j += 2 * VN) {
+        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
+        CE_FN(pass_a)(x + j + VN, ybuf + j + VN, cap, inv_cap, &vmax1, capped);
+    }
+    if (j + VN <= nb) {
+        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
+        j += VN;
+    }
+    if (j < nb) {
+        V y = LDP(x + j, nb - j);
+        if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+        y = VOP(select)(VOP(lanes)(nb - j), y, neg_inf);
+        STC(ybuf + j, y);
+        vmax0 = VOP(max)(y, vmax0);
+        j += VN;
+    }
+    for (; j % (4 * VN); j += VN) STC(ybuf + j, neg_inf);
+    return VOP(hmax)(VOP(max)(vmax0, vmax1));
+}
+
+/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. It reads
+ * only L1, so it prefetches what pass A reads next (pf: the next block, or the next row):
+ * otherwise the memory stream would idle while pass B computes. */
+CE_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref, const T *pf)
+{
+    const V vref = VOP(set1)(ref);
+    V s0 = VOP(set1)(0), s1 = s0, s2 = s0, s3 = s0;
+    for (int j = 0; j < nb; j += 4 * VN) {
+        CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 3);
+        s0 = VOP(add)(s0, VEXP(VOP(sub)(LDC(ybuf + j), vref)));
+        s1 = VOP(add)(s1, VEXP(VOP(sub)(LDC(ybuf + j + VN), vref)));
+        s2 = VOP(add)(s2, VEXP(VOP(sub)(LDC(ybuf + j + 2 * VN), vref)));
+        s3 = VOP(add)(s3, VEXP(VOP(sub)(LDC(ybuf + j + 3 * VN), vref)));
+    }
+    return VOP(hsum_d)(VOP(add)(VOP(add)(s0, s1), VOP(add)(s2, s3)));
+}
+
+/* A block of nothing but -inf and NaN: its sum is NaN if a NaN is there, else 0. */
+CE_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
+{
+    for (int j = 0; j < nb; j += VN) {
+        const V y = LDC(ybuf + j);
+        if (VOP(any)(VOP(neq)(y, y))) return NAN; /* y != y: NaN */
+    }
+    return 0.0;
+}
+
+CE_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double softcap, ce_stats *out,
+                                 const int capped)
+{
+    const V cap = VOP(set1)((CT)softcap);
+    const V inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
+    CT ybuf[CE_BLOCK] __attribute__((aligned(CE_VBYTES)));
+    double m = -INFINITY, s = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
+        const int padded = (nb + 4 * VN - 1) / (4 * VN) * (4 * VN);
+        const double bm = CE_FN(block_max)(x + i0, nb, ybuf, cap, inv_cap, capped);
+        /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
+        const double ref = bm > m ? bm : m;
+        const T *pf = i0 + nb < n ? x + i0 + nb : next ? next : x + i0;
+        const double bs = ref == -INFINITY ? CE_FN(block_nan)(ybuf, padded)
+                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref, pf);
+        if (ref == m)
+            s += bs;
+        else
+            ce_merge(&m, &s, ref, bs);
+    }
+    out->max = m;
+    out->sum = s;
+}
+
+static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w, double ref,
+                               double *sum_f, double *sum_fy);
+
+static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double softcap, const void *wv,
+                            int want_wsum, ce_stats *out)
+{
+    const T *x = (const T *)xv, *next = (const T *)nextv;
+    if (softcap > 0) CE_FN(stats_impl)(x, n, next, softcap, out, 1);
+    else CE_FN(stats_impl)(x, n, next, softcap, out, 0);
+    out->wtotal = out->wsum = 0.0;
+    if (want_wsum)
+        CE_FN(factor_sums)(x, NULL, n, softcap, (const CT *)wv, ce_stats_ref(out->max), &out->wtotal,
+                           &out->wsum);
+}
+
+typedef struct {
+    V cap, inv_cap, shift, a, b, bq, b0; /* b for hard targets, bq and b0 for soft (q) */
+} CE_FN(grad_consts);
+
+/* dy/dx = 1 - tanh(u)^2 under the softcap (u = x/softcap, th = tanh(u)). Beyond |u| = 1 it is
+ * computed as 4e/(1 + e)^2 with e = exp(-2|u|), in the vectors that have such lanes only:
+ * where tanh saturates, 1 - th^2 would keep little more than the rounding of th. */
+CE_INLINE V CE_FN(cap_deriv)(V u, V th)
+{
+    const V one = VOP(set1)(1), au = VOP(abs)(u);
+    V d = VOP(fnma)(th, th, one);
+    const M far = VOP(gt)(au, one);
+    if (VOP(any)(far)) {
+        const V e = VEXP(VOP(mul)(VOP(set1)(-2), au)), one_e = VOP(add)(one, e);
+        d = VOP(select)(far, VOP(div)(VOP(mul)(VOP(set1)(4), e), VOP(mul)(one_e, one_e)), d);
+    }
+    return d;
+}
+
+/* (a*exp(y - shift) - b*w) * (1 - tanh(u)^2) for one vector of x (and w), u = x/softcap, or
+ * with soft targets (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh(u)^2). */
+CE_INLINE V CE_FN(grad_vec)(V x, V w, V q, const CE_FN(grad_consts) *c, const int capped, const int weighted,
+                            const int soft)
+{
+    V y = x, u = x, th = x;
+    if (capped) {
+        u = VOP(mul)(x, c->inv_cap);
+        th = VTANH(u);
+        y = VOP(mul)(c->cap, th);
+    }
+    const V b = soft ? VOP(fma)(c->bq, q, c->b0) : c->b;
+    const V bw = weighted ? VOP(mul)(b, w) : b;
+    const V v = VOP(fms)(c->a, VEXP(VOP(sub)(y, c->shift)), bw);
+    return capped ? VOP(mul)(v, CE_FN(cap_deriv)(u, th)) : v;
+}
+
+/* The first m < VN elements of x (and w, q) to g. */
+CE_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, const T *q, T *g, int m,
+                                   const CE_FN(grad_consts) *c, const int capped, const int weighted,
+                                   const int soft)
+{
+    const V wv = weighted ? LDCP(w, m) : c->b;
+    const V qv = soft ? LDP(q, m) : c->b;
+    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, qv, c, capped, weighted, soft));
+}
+
+/* w + j, q + j only when they exist (no arithmetic on NULL); w_j, q_j, or b's lanes unused */
+#define CE_W(j) (weighted ? w + (j) : w)
+#define CE_Q(j) (soft ? q + (j) : q)
+#define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
+#define CE_QV(j) (soft ? LD(q + (j)) : c->b)
+CE_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const T *pf, const CT *w, T *g,
+                                const CE_FN(grad_consts) *c, const int capped, const int weighted,
+                                const int soft, const int stream)
+{
+    int64_t j = 0;
+#if CE_HAVE_STREAM
+    if (stream) {
+        /* Ordinary stores up to a 64-byte boundary of g, then aligned non-temporal stores. */
+        int64_t head = (int64_t)((64 - ((uintptr_t)g & 63)) & 63) / (int64_t)sizeof(T);
+        if (head > n) head = n;
+        for (; j + VN <= head; j += VN)
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+        if (j < head) {
+            CE_FN(grad_partial)(x + j, CE_W(j), CE_Q(j), g + j, (int)(head - j), c, capped, weighted, soft);
+            j = head;
+        }
+        for (; j + VN <= n; j += VN) {
+            CE_PREFETCH(pf + j, VN * sizeof(T), 2);
+            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+        }
+    } else
+#endif
+    {
+        (void)stream;
+        for (; j + VN <= n; j += VN) {
+            CE_PREFETCH(pf + j, VN * sizeof(T), 2);
+            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+        }
+    }
+    if (j < n)
+        CE_FN(grad_partial)(x + j, CE_W(j), CE_Q(j), g + j, (int)(n - j), c, capped, weighted, soft);
+}
+#undef CE_QV
+#undef CE_WV
+#undef CE_Q
+#undef CE_W
+
+/* The hard- and soft-target gradients: specialised on weights and streaming when uncapped (the
+ * hot path), runtime flags under the softcap's tanh. */
+CE_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, const T *next, double softcap, const CT *w,
+                               double shift, double a, double b, double bq, double b0, int stream, T *g,
+                               const int soft)
+{
+    const CE_FN(grad_consts) c = {
+        VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
+        VOP(set1)((CT)shift),   VOP(set1)((CT)a),
+        VOP(set1)((CT)b),       VOP(set1)((CT)bq),
+        VOP(set1)((CT)b0),
+    };
+    /* the next row's segment, prefetched into L2 while this one computes (x: none) */
+    const T *pf = next ? next : x;
+    /* Streaming needs element-aligned g to reach a 64-byte boundary. */
+    stream = CE_HAVE_STREAM && stream && ((uintptr_t)g % sizeof(T)) == 0;
+    const int weighted = w != NULL;
+    if (softcap > 0) {
+        CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 1, weighted, soft, stream); /* not the hot path */
+    } else if (stream) {
+        if (weighted) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 1, soft, 1);
+        else CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 0, soft, 1);
+    } else {
+        if (weighted) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 1, soft, 0);
+        else CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 0, soft, 0);
+    }
+}
+
+static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap, const void *wv,
+                           double shift, double a, double b, int stream, void *gv)
+{
+    CE_FN(grad_any)((const T *)xv, NULL, n, (const T *)next, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
+                    stream, (T *)gv, 0);
+}
+
+static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap, const void *wv,
+                                double shift, double a, double bq, double b0, int stream, void *gv)
+{
+    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, NULL, softcap, (const CT *)wv, shift, a, 0.0, bq, b0,
+                    stream, (T *)gv, 1);
+}
+
+/* Factor sums over the first m <= VN elements: f = w*q (1 for an absent w or q) into vq,
+ * f*(y - ref) into vqy where f != 0 (a zero factor takes no part, even against y = -inf). */
+CE_INLINE void CE_FN(factor_sums_vec)(const T *x, const T *q, const CT *w, int m, V cap, V inv_cap, V ref,
+                                      V *vq, V *vqy, const int capped, const int weighted, const int has_q)
+{
+    /* partial loads give f = 0 past m, so those lanes add nothing */
+    V y = m == VN ? LD(x) : LDP(x, m);
+    V wq = has_q ? (m == VN ? LD(q) : LDP(q, m)) : VOP(maskz)(VOP(lanes)(m), VOP(set1)(1));
+    if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
+    if (weighted) wq = VOP(mul)(m == VN ? LDC(w) : LDCP(w, m), wq);
+    *vq = VOP(add)(*vq, wq);
+    *vqy = VOP(select)(VOP(neq)(wq, VOP(set1)(0)), VOP(fma)(wq, VOP(sub)(y, ref), *vqy), *vqy);
+}
+
+/* sum f and sum f*(y - ref), f = w*q: a pass of its own like the portable one (the segment is
+ * in L1/L2 after the stats pass), blocks of CT sums merged in double. */
+CE_INLINE void CE_FN(factor_sums_impl)(const T *x, const T *q, int64_t n, double softcap, const CT *w,
+                                       double ref, double *sum_f, double *sum_fy, const int capped,
+                                       const int weighted, const int has_q)
+{
+    const V vref = VOP(set1)((CT)ref);
+    const V cap = VOP(set1)((CT)softcap);
+    const V inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
+    double qs = 0.0, qys = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        V vq0 = VOP(set1)(0), vq1 = vq0, vqy0 = vq0, vqy1 = vq0;
+        int64_t j = i0;
+#define CE_WQ(j) (weighted ? w + (j) : w)
+#define CE_QQ(j) (has_q ? q + (j) : q)
+        for (; j + 2 * VN <= i1; j += 2 * VN) { /* two chains hide the add latency */
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), VN, cap, inv_cap, vref, &vq0, &vqy0, capped,
+                                   weighted, has_q);
+            CE_FN(factor_sums_vec)(x + j + VN, CE_QQ(j + VN), CE_WQ(j + VN), VN, cap, inv_cap, vref, &vq1,
+                                   &vqy1, capped, weighted, has_q);
+        }
+        for (; j + VN <= i1; j += VN)
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), VN, cap, inv_cap, vref, &vq0, &vqy0, capped,
+                                   weighted, has_q);
+        if (j < i1)
+            CE_FN(factor_sums_vec)(x + j, CE_QQ(j), CE_WQ(j), (int)(i1 - j), cap, inv_cap, vref, &vq0,
+                                   &vqy0, capped, weighted, has_q);
+#undef CE_QQ
+#undef CE_WQ
+        qs += VOP(hsum_d)(VOP(add)(vq0, vq1));
+        qys += VOP(hsum_d)(VOP(add)(vqy0, vqy1));
+    }
+    *sum_f = qs;
+    *sum_fy = qys;
+}
+
+/* The specialisations of factor_sums_impl: on weights and q when uncapped (the hot path),
+ * runtime flags under the softcap's tanh. */
+static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w, double ref,
+                               double *sum_f, double *sum_fy)
+{
+    if (softcap > 0)
+        CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 1, w != NULL, q != NULL);
+    else if (q && w) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 1, 1);
+    else if (q) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 0, 1);
+    else if (w) CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 1, 0);
+    else CE_FN(factor_sums_impl)(x, q, n, softcap, w, ref, sum_f, sum_fy, 0, 0, 0);
+}
+
+static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap, const void *wv,
+                                 int want_wsum, ce_stats *out)
+{
+    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
+    CE_FN(factor_sums)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv, ce_stats_ref(out->max),
+                       &out->qsum, &out->qysum);
+}
+
+/* BCE over the first m <= VN elements (see kernels.h): adds l to *acc, stores l and g where
+ * wanted. softplus(+-x) = max(+-x, 0) + log1p(e) and sigmoid from the one e = exp(-|x|), which
+ * never overflows; the NaN-skipping max gives 0 for a NaN x, as the portable comparisons do,
+ * and the NaN comes through e. */
+CE_INLINE void CE_FN(bce_vec)(const T *x, const T *t, const CT *w, const CT *pw, const CT *go, V scale, T *l,
+                              T *g, int m, V *acc, const int want_l, const int want_g)
+{
+    const V one = VOP(set1)(1), zero = VOP(set1)(0);
+    const V xv = m == VN ? LD(x) : LDP(x, m), tv = m == VN ? LD(t) : LDP(t, m);
+    const V e = VEXP(VOP(neg)(VOP(abs)(xv))), lp = VLOG1P(e);
+    const V sp_pos = VOP(add)(VOP(max)(xv, zero), lp);
+    const V sp_neg = VOP(add)(VOP(max)(VOP(neg)(xv), zero), lp);
+    const V pwv = pw ? (m == VN ? LDC(pw) : LDCP(pw, m)) : one;
+    const V pt = pw ? VOP(mul)(pwv, tv) : tv;
+    /* two non-negative terms for t in [0, 1]: no cancellation */
+    V lv = VOP(fma)(VOP(sub)(one, tv), sp_pos, VOP(mul)(pt, sp_neg));
+    const V wv = w ? (m == VN ? LDC(w) : LDCP(w, m)) : one;
+    if (w) lv = VOP(mul)(wv, lv);
+    *acc = m == VN ? VOP(add)(*acc, lv) : VOP(mask_add)(*acc, VOP(lanes)(m), lv);
+    if (want_l) {
+        if (m == VN) ST(l, lv);
+        else STP(l, m, lv);
+    }
+    if (want_g) {
+        const V L = pw ? VOP(fma)(VOP(sub)(pwv, one), tv, one) : one;
+        const V sig = VOP(div)(VOP(select)(VOP(ge)(xv, zero), one, e), VOP(add)(one, e));
+        V s = go ? (m == VN ? LDC(go) : LDCP(go, m)) : scale;
+        if (w) s = VOP(mul)(s, wv);
+        const V gv = VOP(mul)(s, VOP(fms)(L, sig, pt));
+        if (m == VN) ST(g, gv);
+        else STP(g, m, gv);
+    }
+}
+
+CE_INLINE double CE_FN(bce_impl)(const T *x, const T *t, int64_t n, const CT *w, const CT *pw, const CT *go,
+                                 double scale, T *l, T *g, const int want_l, const int want_g)
+{
+    const V vscale = VOP(set1)((CT)scale);
+    double total = 0.0;
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        V acc = VOP(set1)(0);
+        int64_t j = i0;
+/* m elements at j; no arithmetic on NULL pointers */
+#define CE_BCE_AT(j, m)                                                                               \
+    CE_FN(bce_vec)(x + (j), t + (j), w ? w + (j) : w, pw ? pw + (j) : pw, go ? go + (j) : go, vscale,  \
+                   want_l ? l + (j) : l, want_g ? g + (j) : g, m, &acc, want_l, want_g)
+        for (; j + VN <= i1; j += VN) CE_BCE_AT(j, VN);
+        if (j < i1) CE_BCE_AT(j, (int)(i1 - j));
+#undef CE_BCE_AT
+        total += VOP(hsum_d)(acc);
+    }
+    return total;
+}
+
+static double CE_FN(bce)(const void *xv, const void *tv, int64_t n, const void *wv, const void *pwv,
+                         const void *gov, double scale, void *lossv, void *gv)
+{
+    const T *x = (const T *)xv, *t = (const T *)tv;
+    const CT *w = (const CT *)wv, *pw = (const CT *)pwv, *go = (const CT *)gov;
+    T *l = (T *)lossv, *g = (T *)gv;
+    if (g) {
+        if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 1);
+        return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 1);
+    }
+    if (l) return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 1, 0);
+    return CE_FN(bce_impl)(x, t, n, w, pw, go, scale, l, g, 0, 0);
+}
+
+static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)
+{
+    const T *x = (const T *)xv;
+    T *o = (T *)ov;
+    const V vs = VOP(set1)((CT)shift), vc = VOP(set1)((CT)c);
+    int64_t j = 0;
+    for (; j + VN <= n; j += VN) ST(o + j, VOP(sub)(VOP(sub)(LD(x + j), vs), vc));
+    if (j < n) STP(o + j, (int)(n - j), VOP(sub)(VOP(sub)(LDP(x + j, (int)(n - j)), vs), vc));
+}
+
+#ifdef CE_ROWS_VEXP
+/* The vector exp alone, y[i] = exp(x[i]), for the accuracy tests. */
+static void CE_FN(vexp)(const T *x, int64_t n, T *y)
+{
+    int64_t i = 0;
+    for (; i + VN <= n; i += VN) ST(y + i, VEXP(LD(x + i)));
+    if (i < n) STP(y + i, (int)(n - i), VEXP(LDP(x + i, (int)(n - i))));
+}
+#endif
