@@ -159,6 +159,8 @@ int ce_cpu_has_isa(int isa)
     return isa >= 0 && isa < FUSEDCE_ISA_COUNT && ce_cpu_has[isa];
 }
 
+int fusedce_cpu_has_isa(int isa) { return ce_cpu_has_isa(isa); }
+
 int fusedce_isa_available(int isa)
 {
     ce_ensure_init();

@@ -116,6 +116,7 @@ int fusedce_detected_isa(void);             /* best ISA this CPU runs */
 int fusedce_active_isa(void);               /* the one in use */
 int fusedce_isa_compiled(int isa);          /* 1 when this build has kernels for isa */
 int fusedce_isa_available(int isa);         /* compiled in and supported by this CPU */
+int fusedce_cpu_has_isa(int isa);           /* supported by this CPU, compiled in or not */
 int fusedce_set_isa(int isa);               /* FUSEDCE_OK or FUSEDCE_EISA */
 const char *fusedce_isa_name(int isa);
 int fusedce_get_num_threads(void);

@@ -174,6 +174,11 @@ def available_isas():
     return [name for code, name in enumerate(ISA_NAMES) if lib.fusedce_isa_available(code)]
 
 
+def cpu_isas():
+    """ISAs this CPU (and its OS) supports, whether this build compiled them in or not."""
+    return [name for code, name in enumerate(ISA_NAMES) if lib.fusedce_cpu_has_isa(code)]
+
+
 def set_isa(name):
     code = isa_code(name)
     if lib.fusedce_set_isa(code) != lib.FUSEDCE_OK:

@@ -43,14 +43,20 @@ static void check(int ok, const char *fmt, ...)
 
 /* Every ISA of isa_list.h: its table is NULL where this build leaves it out (another
  * architecture's). */
+typedef void (*check_fn)(int ok, const char *fmt, ...);
 typedef struct {
     const char *name;
     const ce_isa_table *table;
     int id;
+    void (*vocab_test)(check_fn); /* test_vocab.c's test of its vocabulary header */
 } isa_entry;
 
-#define ISA_ENTRY(ID, name, arch, flags) {#name, &ce_table_##name, FUSEDCE_ISA_##ID},
-static const isa_entry isas[] = {{"portable", &ce_table_portable, FUSEDCE_ISA_PORTABLE}, CE_ISA_LIST(ISA_ENTRY)};
+#define VOCAB_TEST(ID, name, arch, flags) void vocab_test_##name(check_fn) __attribute__((weak));
+CE_ISA_LIST(VOCAB_TEST)
+#undef VOCAB_TEST
+#define ISA_ENTRY(ID, name, arch, flags) {#name, &ce_table_##name, FUSEDCE_ISA_##ID, vocab_test_##name},
+static const isa_entry isas[] = {{"portable", &ce_table_portable, FUSEDCE_ISA_PORTABLE, NULL},
+                                 CE_ISA_LIST(ISA_ENTRY)};
 #undef ISA_ENTRY
 #define N_ISAS ((int)(sizeof(isas) / sizeof(isas[0])))
 
@@ -1020,6 +1026,10 @@ int main(int argc, char **argv)
         if (!isa_runs(isa, 0)) continue;
         const long failed_before = n_failed;
         fails_to_show = n_failed + 20; /* the first few of each ISA */
+        if (isa->table != &ce_table_portable) {
+            check(isa->vocab_test != NULL, "%s: its vocabulary test is not built in", isa->name);
+            if (isa->vocab_test) isa->vocab_test(check);
+        }
         test_exp(isa, exhaustive);
         test_tanh(isa, exhaustive);
         test_softplus(isa);
