@@ -2,6 +2,7 @@
  * float32 and the half types compute in float (expf/tanhf), float64 in double. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -119,6 +120,19 @@ static void vexp_f64_portable(const double *x, int64_t n, double *y)
     for (int64_t i = 0; i < n; i++) y[i] = exp(x[i]);
 }
 
+static double roof_read_portable(const void *src, int64_t bytes)
+{
+    const unsigned char *p = (const unsigned char *)src;
+    uint64_t acc = 0;
+    for (int64_t i = 0; i < bytes; i++) acc += p[i];
+    return (double)acc;
+}
+
+static void roof_copy_portable(const void *src, void *dst, int64_t bytes)
+{
+    memcpy(dst, src, (size_t)bytes);
+}
+
 const ce_isa_table ce_table_portable = {
     FUSEDCE_ISA_PORTABLE,
     {
@@ -133,4 +147,6 @@ const ce_isa_table ce_table_portable = {
     },
     vexp_f32_portable,
     vexp_f64_portable,
+    roof_read_portable,
+    roof_copy_portable,
 };

@@ -140,6 +140,12 @@ const ce_isa_table *ce_active_table(void)
     return __atomic_load_n(&ce_active, __ATOMIC_ACQUIRE);
 }
 
+const ce_isa_table *ce_detected_table(void)
+{
+    ce_ensure_init();
+    return ce_tables[ce_detected];
+}
+
 int64_t ce_l2_bytes(void) { ce_ensure_init(); return ce_l2; }
 int64_t ce_llc_bytes(void) { ce_ensure_init(); return ce_llc; }
 long long fusedce_l2_bytes(void) { return (long long)ce_l2_bytes(); }

@@ -96,6 +96,11 @@ typedef struct ce_isa_table {
     /* The ISA's vector exp alone, over n elements, for the accuracy tests. */
     void (*vexp_f32)(const float *x, int64_t n, float *y);
     void (*vexp_f64)(const double *x, int64_t n, double *y);
+    /* The memory roofline's patterns (roofline.c) over one thread's bytes: read every byte
+     * (returns something of them, so the loads stay), and copy with streaming stores where
+     * the ISA has them (dst 64-byte aligned, bytes a multiple of 64; the caller fences). */
+    double (*roof_read)(const void *src, int64_t bytes);
+    void (*roof_copy)(const void *src, void *dst, int64_t bytes);
 } ce_isa_table;
 
 /* The tables: portable's always; a SIMD ISA's where its ce_<isa>.c is compiled in (the build
@@ -138,6 +143,9 @@ const ce_isa_table *ce_active_table(void);
 
 /* Whether this CPU (and its OS) runs an ISA, compiled in or not (dispatch.c). */
 int ce_cpu_has_isa(int isa);
+
+/* The best table this CPU runs, whatever the active one (dispatch.c). */
+const ce_isa_table *ce_detected_table(void);
 
 /* How many threads a call over `elems` elements uses (ce_driver.c): small calls run on one. */
 int ce_threads_for(int64_t elems);

@@ -110,6 +110,36 @@
 #undef T
 #undef CE_FAM
 
+/* ---- the memory roofline's patterns (kernels.h, roofline.c) ------------------------------- */
+static double CE_CAT(roof_read_, CE_ISA)(const void *src, int64_t bytes)
+{
+    const float *x = (const float *)src;
+    const int64_t n = bytes / (int64_t)sizeof(float);
+    vf a0 = vf_set1(0), a1 = a0, a2 = a0, a3 = a0; /* four chains: the loads are the limit */
+    int64_t j = 0;
+    for (; j + 4 * VF_LANES <= n; j += 4 * VF_LANES) {
+        a0 = vf_max(ld_f32(x + j), a0);
+        a1 = vf_max(ld_f32(x + j + VF_LANES), a1);
+        a2 = vf_max(ld_f32(x + j + 2 * VF_LANES), a2);
+        a3 = vf_max(ld_f32(x + j + 3 * VF_LANES), a3);
+    }
+    double rest = 0; /* the last few bytes */
+    for (int64_t i = j * (int64_t)sizeof(float); i < bytes; i++) rest += ((const unsigned char *)src)[i];
+    return vf_hmax(vf_max(vf_max(a0, a1), vf_max(a2, a3))) + rest;
+}
+
+static void CE_CAT(roof_copy_, CE_ISA)(const void *src, void *dst, int64_t bytes)
+{
+    const float *s = (const float *)src;
+    float *d = (float *)dst;
+    for (int64_t j = 0; j < bytes / (int64_t)sizeof(float); j += VF_LANES)
+#if CE_HAVE_STREAM
+        stnt_f32(d + j, ld_f32(s + j));
+#else
+        st_f32(d + j, ld_f32(s + j));
+#endif
+}
+
 /* ---- the table ----------------------------------------------------------------------------- */
 #define CE_KERNELS(dt)                                                                              \
     {                                                                                               \
@@ -127,4 +157,6 @@ const ce_isa_table CE_CAT(ce_table_, CE_ISA) = {
     },
     CE_CAT(vexp_f32_, CE_ISA),
     CE_CAT(vexp_f64_, CE_ISA),
+    CE_CAT(roof_read_, CE_ISA),
+    CE_CAT(roof_copy_, CE_ISA),
 };

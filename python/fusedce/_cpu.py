@@ -159,6 +159,21 @@ def softmax_family(mode, x2d):
     return out, lse
 
 
+ROOFLINE_PATTERNS = {"read": lib.FUSEDCE_ROOFLINE_READ, "copy": lib.FUSEDCE_ROOFLINE_COPY}
+
+
+def roofline(pattern, src, dst=None):
+    """Seconds the C library takes for one pass of a memory pattern over src's bytes, with the
+    threads a kernel call over src's elements uses: 'read' reads them once, 'copy' copies them
+    into dst (an array of the same size) with streaming stores (see fusedce.h)."""
+    seconds = ffi.new("double *")
+    src_buf = _buf(src)
+    dst_buf = _buf(dst) if dst is not None else ffi.NULL
+    _check_rc(lib.fusedce_roofline(ROOFLINE_PATTERNS[pattern], ffi.cast("void *", src_buf), ffi.cast("void *", dst_buf),
+                                   src.nbytes, src.size, seconds))
+    return seconds[0]
+
+
 def isa_name(code):
     return ffi.string(lib.fusedce_isa_name(code)).decode()
 
