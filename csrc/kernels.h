@@ -37,13 +37,17 @@ typedef struct ce_stats {
 static inline double ce_stats_ref(double max) { return isfinite(max) ? max : 0.0; }
 
 /* `next` (stats and grad): where the caller reads n more elements of x after this segment
- * (the same segment of its next row), or NULL. SIMD primitives prefetch it while they compute
- * from cache, so that the memory stream does not idle; a prefetch never faults.
+ * (the next chunk, or the same segment of its next row), or NULL. SIMD primitives prefetch it
+ * while they compute from cache, so that the memory stream does not idle; a prefetch never
+ * faults.
  *
- * Pass 1 over x[0..n): max, sum of exp, optionally (want_wsum) wtotal and wsum, which take a
- * second pass over the segment (from cache) once its max is known. */
+ * Pass 1 over x[0..n) (a chunk of a row, ce_driver.c): max; the exponentials relative to it,
+ * e_j = exp(y_j - max) (relative to 0 when the max is -inf), kept in e[0..n) (the compute type)
+ * for the gradient to reuse (e may be NULL, but not under a softcap: it then holds y); their sum;
+ * optionally (want_wsum) wtotal and wsum, which take another pass over the segment (from
+ * cache). */
 typedef void (*ce_stats_fn)(const void *x, int64_t n, const void *next, double softcap,
-                            const void *weight, int want_wsum, ce_stats *out);
+                            const void *weight, int want_wsum, void *e, ce_stats *out);
 
 /* Pass 2: g_j = (a * exp(y_j - shift) - b * w_j) * (softcap > 0 ? 1 - (y_j/softcap)^2 : 1)
  * with w_j = weight ? weight[j] : 1. `shift` is exactly representable in the compute type
@@ -62,12 +66,19 @@ typedef void (*ce_shift_fn)(const void *x, int64_t n, double shift, double c, vo
 /* Soft (probability) targets q, of the logits' storage type, read alongside the logits.
  * Pass 1 as ce_stats_fn, plus qsum and qysum. */
 typedef void (*ce_stats_soft_fn)(const void *x, const void *q, int64_t n, double softcap,
-                                 const void *weight, int want_wsum, ce_stats *out);
+                                 const void *weight, int want_wsum, void *e, ce_stats *out);
 
 /* Pass 2 for soft targets: g_j = (a*exp(y_j - shift) - w_j*(bq*q_j + b0)) * capderiv_j. */
 typedef void (*ce_grad_soft_fn)(const void *x, const void *q, int64_t n, double softcap,
                                 const void *weight, double shift, double a, double bq, double b0,
                                 int stream, void *g);
+
+/* Pass 2 from pass 1's exponentials e (uncapped rows), so that each exp is taken once:
+ * g_j = a*e_j - w_j*(bq*q_j + b0) with soft targets q, g_j = a*e_j - w_j*b0 without (q NULL);
+ * w_j = weight ? weight[j] : 1. `next` and `stream` as for ce_grad_fn; g may not overlap e. */
+typedef void (*ce_grad_exp_fn)(const void *e, const void *q, int64_t n, const void *next,
+                               const void *weight, double a, double bq, double b0, int stream,
+                               void *g);
 
 /* Binary cross-entropy with logits over n elements, targets t of the storage type:
  *   l_j = w_j [(1 - t_j) softplus(x_j) + pw_j t_j softplus(-x_j)]   (softplus(x) = log(1 + e^x))
@@ -87,6 +98,7 @@ typedef struct ce_kernels {
     ce_stats_soft_fn stats_soft;
     ce_grad_soft_fn grad_soft;
     bce_fn bce;
+    ce_grad_exp_fn grad_exp;
 } ce_kernels;
 
 /* One ISA: kernels indexed by FUSEDCE_F32, F64, F16, BF16. */

@@ -80,6 +80,7 @@
 #define LDC CE_CAT(ld_, CSUF) /* weights and the block buffer are of the compute type */
 #define STC CE_CAT(st_, CSUF)
 #define VEXP CE_CAT(ce_exp_, CE_FAM)
+#define VEXPN CE_CAT(ce_exp_, CE_FAM) /* for arguments <= 0 (and a little above): the softmax's */
 #define VTANH CE_CAT(ce_tanh_, CE_FAM)
 #define VLOG1P CE_CAT(ce_log1p01_, CE_FAM)
 
@@ -145,7 +146,8 @@ static void CE_CAT(roof_copy_, CE_ISA)(const void *src, void *dst, int64_t bytes
     {                                                                                               \
         CE_CAT3(ce_stats_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(ce_grad_, dt, CE_CAT(_, CE_ISA)),        \
             CE_CAT3(ce_shift_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(ce_stats_soft_, dt, CE_CAT(_, CE_ISA)), \
-            CE_CAT3(ce_grad_soft_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(bce_, dt, CE_CAT(_, CE_ISA))      \
+            CE_CAT3(ce_grad_soft_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(bce_, dt, CE_CAT(_, CE_ISA)),     \
+        CE_CAT3(ce_grad_exp_, dt, CE_CAT(_, CE_ISA))                                                 \
     }
 const ce_isa_table CE_CAT(ce_table_, CE_ISA) = {
     CE_ISA_ID,

@@ -5,103 +5,111 @@
  * Tails (and the head of a streamed gradient) are partial vectors of m < VN elements: LDP
  * loads zeros past m, STP writes m elements; the math is the same vector code everywhere. */
 
-/* One full vector of pass A: y = cap(x) kept in ybuf and folded into the max. */
-CE_INLINE void CE_FN(pass_a)(const T *x, CT *ybuf, V cap, V inv_cap, V *vmax, const int capped)
+#define STCP(p, m, v) CE_CAT(stp_, CSUF)(p, m, v)
+
+/* y = cap(x) for one vector (the softcap's tanh), or x. */
+CE_INLINE V CE_FN(capped_y)(V x, V cap, V inv_cap, const int capped)
 {
-    V y = LD(x);
-    if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
-    STC(ybuf, y);
-    *vmax = VOP(max)(y, *vmax); /* NaN-skipping: NaNs leave the max alone */
+    return capped ? VOP(mul)(cap, VTANH(VOP(mul)(x, inv_cap))) : x;
 }
 
-/* Pass A over one block: y into ybuf (-inf past nb, up to a multiple of 4*VN, so pass B needs
- * no tail), and the block max. Two chains of max hide its latency. */
-CE_INLINE CT CE_FN(block_max)(const T *x, int nb, CT *ybuf, V cap, V inv_cap, const int capped)
+/* Pass A: the max of y over x[0..n), NaNs skipped (y stored in e when capped, so that pass B
+ * does not take the tanh again). Four chains of max hide its latency; the loads come from
+ * memory, so this pass sets the pace of the stream. */
+CE_INLINE CT CE_FN(stats_max)(const T *x, int64_t n, CT *e, V cap, V inv_cap, const int capped)
 {
     const V neg_inf = VOP(set1)((CT)-INFINITY);
-    V vmax0 = neg_inf, vmax1 = neg_inf;
-    int j = 0;
-    for (; j + 2 * VN <= nb; j += 2 * VN) {
-        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
-        CE_FN(pass_a)(x + j + VN, ybuf + j + VN, cap, inv_cap, &vmax1, capped);
+    V m0 = neg_inf, m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
+    int64_t j = 0;
+#define CE_MAX_AT(acc, k)                                                                              \
+    do {                                                                                               \
+        const V y = CE_FN(capped_y)(LD(x + j + (k)), cap, inv_cap, capped);                            \
+        if (capped) STC(e + j + (k), y);                                                               \
+        acc = VOP(max)(y, acc);                                                                        \
+    } while (0)
+    for (; j + 4 * VN <= n; j += 4 * VN) {
+        CE_MAX_AT(m0, 0);
+        CE_MAX_AT(m1, VN);
+        CE_MAX_AT(m2, 2 * VN);
+        CE_MAX_AT(m3, 3 * VN);
     }
-    if (j + VN <= nb) {
-        CE_FN(pass_a)(x + j, ybuf + j, cap, inv_cap, &vmax0, capped);
-        j += VN;
+    for (; j + VN <= n; j += VN) CE_MAX_AT(m0, 0);
+#undef CE_MAX_AT
+    if (j < n) {
+        const int m = (int)(n - j);
+        const V y = CE_FN(capped_y)(LDP(x + j, m), cap, inv_cap, capped);
+        if (capped) STCP(e + j, m, y);
+        m1 = VOP(max)(VOP(select)(VOP(lanes)(m), y, neg_inf), m1);
     }
-    if (j < nb) {
-        V y = LDP(x + j, nb - j);
-        if (capped) y = VOP(mul)(cap, VTANH(VOP(mul)(y, inv_cap)));
-        y = VOP(select)(VOP(lanes)(nb - j), y, neg_inf);
-        STC(ybuf + j, y);
-        vmax0 = VOP(max)(y, vmax0);
-        j += VN;
-    }
-    for (; j % (4 * VN); j += VN) STC(ybuf + j, neg_inf);
-    return VOP(hmax)(VOP(max)(vmax0, vmax1));
+    return VOP(hmax)(VOP(max)(VOP(max)(m0, m1), VOP(max)(m2, m3)));
 }
 
-/* Pass B: sum of exp(y - ref) over the padded block, four independent accumulators. It reads
- * only L1, so it prefetches what pass A reads next (pf: the next block, or the next row):
- * otherwise the memory stream would idle while pass B computes. */
-CE_INLINE double CE_FN(block_sumexp)(const CT *ybuf, int nb, CT ref, const T *pf)
+/* Pass B: e_j = exp(y_j - ref) stored, and their sum: float sums of at most CE_BLOCK / VN terms
+ * per lane, four chains, added in double per block. y comes back from cache (x, or e when
+ * capped). It prefetches pf, what the caller reads next (into L1 if small, else L2): otherwise
+ * the memory stream would idle while this pass computes. */
+CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T *pf, const int capped,
+                                  const int keep)
 {
+    const int near = n * (int64_t)sizeof(T) <= 8192; /* a small next chunk fits L1 */
     const V vref = VOP(set1)(ref);
-    V s0 = VOP(set1)(0), s1 = s0, s2 = s0, s3 = s0;
-    for (int j = 0; j < nb; j += 4 * VN) {
-        CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 3);
-        s0 = VOP(add)(s0, VEXP(VOP(sub)(LDC(ybuf + j), vref)));
-        s1 = VOP(add)(s1, VEXP(VOP(sub)(LDC(ybuf + j + VN), vref)));
-        s2 = VOP(add)(s2, VEXP(VOP(sub)(LDC(ybuf + j + 2 * VN), vref)));
-        s3 = VOP(add)(s3, VEXP(VOP(sub)(LDC(ybuf + j + 3 * VN), vref)));
+    double total = 0.0;
+#define CE_Y(j) (capped ? LDC(e + (j)) : LD(x + (j)))
+#define CE_EXP_AT(acc, k)                                                                              \
+    do {                                                                                               \
+        const V v = VEXPN(VOP(sub)(CE_Y(j + (k)), vref));                                              \
+        if (keep) STC(e + j + (k), v);                                                                 \
+        acc = VOP(add)(acc, v);                                                                        \
+    } while (0)
+    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
+        V s0 = VOP(set1)(0), s1 = s0, s2 = s0, s3 = s0;
+        int64_t j = i0;
+        for (; j + 4 * VN <= i1; j += 4 * VN) {
+            if (near) CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 3);
+            else CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 2);
+            CE_EXP_AT(s0, 0);
+            CE_EXP_AT(s1, VN);
+            CE_EXP_AT(s2, 2 * VN);
+            CE_EXP_AT(s3, 3 * VN);
+        }
+        for (; j + VN <= i1; j += VN) CE_EXP_AT(s0, 0);
+        if (j < i1) {
+            const int m = (int)(i1 - j);
+            const V v = VEXPN(VOP(sub)(capped ? LDCP(e + j, m) : LDP(x + j, m), vref));
+            if (keep) STCP(e + j, m, v);
+            s1 = VOP(mask_add)(s1, VOP(lanes)(m), v);
+        }
+        total += VOP(hsum_d)(VOP(add)(VOP(add)(s0, s1), VOP(add)(s2, s3)));
     }
-    return VOP(hsum_d)(VOP(add)(VOP(add)(s0, s1), VOP(add)(s2, s3)));
+#undef CE_EXP_AT
+#undef CE_Y
+    return total;
 }
 
-/* A block of nothing but -inf and NaN: its sum is NaN if a NaN is there, else 0. */
-CE_INLINE double CE_FN(block_nan)(const CT *ybuf, int nb)
-{
-    for (int j = 0; j < nb; j += VN) {
-        const V y = LDC(ybuf + j);
-        if (VOP(any)(VOP(neq)(y, y))) return NAN; /* y != y: NaN */
-    }
-    return 0.0;
-}
-
-CE_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double softcap, ce_stats *out,
-                                 const int capped)
+/* Pass 1 over a chunk: its max (pass A), then its exponentials relative to that max (kept in e
+ * where e is given) and their sum (pass B); a chunk is in cache between the passes. */
+CE_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double softcap, CT *e, ce_stats *out,
+                                 const int capped, const int keep)
 {
     const V cap = VOP(set1)((CT)softcap);
     const V inv_cap = VOP(set1)(capped ? (CT)(1.0 / softcap) : (CT)0);
-    CT ybuf[CE_BLOCK] __attribute__((aligned(CE_VBYTES)));
-    double m = -INFINITY, s = 0.0;
-    for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
-        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
-        const int padded = (nb + 4 * VN - 1) / (4 * VN) * (4 * VN);
-        const double bm = CE_FN(block_max)(x + i0, nb, ybuf, cap, inv_cap, capped);
-        /* Sums relative to the running max: ce_merge (and its exp) only when it grows. */
-        const double ref = bm > m ? bm : m;
-        const T *pf = i0 + nb < n ? x + i0 + nb : next ? next : x + i0;
-        const double bs = ref == -INFINITY ? CE_FN(block_nan)(ybuf, padded)
-                                           : CE_FN(block_sumexp)(ybuf, padded, (CT)ref, pf);
-        if (ref == m)
-            s += bs;
-        else
-            ce_merge(&m, &s, ref, bs);
-    }
+    const CT m = CE_FN(stats_max)(x, n, e, cap, inv_cap, capped);
+    /* an all -inf (and NaN) chunk: exponentials of 0 and NaN, relative to 0 */
     out->max = m;
-    out->sum = s;
+    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, capped, keep);
 }
 
 static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w, double ref,
                                double *sum_f, double *sum_fy);
 
 static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double softcap, const void *wv,
-                            int want_wsum, ce_stats *out)
+                            int want_wsum, void *ev, ce_stats *out)
 {
     const T *x = (const T *)xv, *next = (const T *)nextv;
-    if (softcap > 0) CE_FN(stats_impl)(x, n, next, softcap, out, 1);
-    else CE_FN(stats_impl)(x, n, next, softcap, out, 0);
+    if (softcap > 0) CE_FN(stats_impl)(x, n, next, softcap, (CT *)ev, out, 1, 1);
+    else if (ev) CE_FN(stats_impl)(x, n, next, softcap, (CT *)ev, out, 0, 1);
+    else CE_FN(stats_impl)(x, n, next, softcap, NULL, out, 0, 0);
     out->wtotal = out->wsum = 0.0;
     if (want_wsum)
         CE_FN(factor_sums)(x, NULL, n, softcap, (const CT *)wv, ce_stats_ref(out->max), &out->wtotal,
@@ -128,40 +136,45 @@ CE_INLINE V CE_FN(cap_deriv)(V u, V th)
 }
 
 /* (a*exp(y - shift) - b*w) * (1 - tanh(u)^2) for one vector of x (and w), u = x/softcap, or
- * with soft targets (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh(u)^2). */
-CE_INLINE V CE_FN(grad_vec)(V x, V w, V q, const CE_FN(grad_consts) *c, const int capped, const int weighted,
-                            const int soft)
+ * with soft targets (a*exp(y - shift) - w*(bq*q + b0)) * (1 - tanh(u)^2); from_e: src holds
+ * the stored exponentials exp(y - shift) (uncapped rows). */
+CE_INLINE V CE_FN(grad_vec)(V src, V w, V q, const CE_FN(grad_consts) *c, const int capped, const int weighted,
+                            const int soft, const int from_e)
 {
-    V y = x, u = x, th = x;
+    V y = src, u = src, th = src;
     if (capped) {
-        u = VOP(mul)(x, c->inv_cap);
+        u = VOP(mul)(src, c->inv_cap);
         th = VTANH(u);
         y = VOP(mul)(c->cap, th);
     }
     const V b = soft ? VOP(fma)(c->bq, q, c->b0) : c->b;
     const V bw = weighted ? VOP(mul)(b, w) : b;
-    const V v = VOP(fms)(c->a, VEXP(VOP(sub)(y, c->shift)), bw);
+    const V v = VOP(fms)(c->a, from_e ? src : VEXPN(VOP(sub)(y, c->shift)), bw);
     return capped ? VOP(mul)(v, CE_FN(cap_deriv)(u, th)) : v;
 }
 
-/* The first m < VN elements of x (and w, q) to g. */
-CE_INLINE void CE_FN(grad_partial)(const T *x, const CT *w, const T *q, T *g, int m,
-                                   const CE_FN(grad_consts) *c, const int capped, const int weighted,
-                                   const int soft)
-{
-    const V wv = weighted ? LDCP(w, m) : c->b;
-    const V qv = soft ? LDP(q, m) : c->b;
-    STP(g, m, CE_FN(grad_vec)(LDP(x, m), wv, qv, c, capped, weighted, soft));
-}
-
-/* w + j, q + j only when they exist (no arithmetic on NULL); w_j, q_j, or b's lanes unused */
+/* w + j, q + j only when they exist (no arithmetic on NULL); w_j, q_j, or b's lanes unused.
+ * The source: x, or the exponentials e. */
 #define CE_W(j) (weighted ? w + (j) : w)
-#define CE_Q(j) (soft ? q + (j) : q)
 #define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
 #define CE_QV(j) (soft ? LD(q + (j)) : c->b)
-CE_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const T *pf, const CT *w, T *g,
+#define CE_SRC(j) (from_e ? LDC(e + (j)) : LD(x + (j)))
+#define CE_GRAD_AT(j) CE_FN(grad_vec)(CE_SRC(j), CE_WV(j), CE_QV(j), c, capped, weighted, soft, from_e)
+
+/* The first m < VN elements from j on to g. */
+CE_INLINE void CE_FN(grad_partial)(const T *x, const CT *e, const CT *w, const T *q, T *g, int64_t j, int m,
+                                   const CE_FN(grad_consts) *c, const int capped, const int weighted,
+                                   const int soft, const int from_e)
+{
+    const V wv = weighted ? LDCP(w + j, m) : c->b;
+    const V qv = soft ? LDP(q + j, m) : c->b;
+    const V src = from_e ? LDCP(e + j, m) : LDP(x + j, m);
+    STP(g + j, m, CE_FN(grad_vec)(src, wv, qv, c, capped, weighted, soft, from_e));
+}
+
+CE_INLINE void CE_FN(grad_impl)(const T *x, const CT *e, const T *q, int64_t n, const T *pf, const CT *w, T *g,
                                 const CE_FN(grad_consts) *c, const int capped, const int weighted,
-                                const int soft, const int stream)
+                                const int soft, const int stream, const int from_e)
 {
     int64_t j = 0;
 #if CE_HAVE_STREAM
@@ -169,15 +182,14 @@ CE_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const T *pf, 
         /* Ordinary stores up to a 64-byte boundary of g, then aligned non-temporal stores. */
         int64_t head = (int64_t)((64 - ((uintptr_t)g & 63)) & 63) / (int64_t)sizeof(T);
         if (head > n) head = n;
-        for (; j + VN <= head; j += VN)
-            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+        for (; j + VN <= head; j += VN) ST(g + j, CE_GRAD_AT(j));
         if (j < head) {
-            CE_FN(grad_partial)(x + j, CE_W(j), CE_Q(j), g + j, (int)(head - j), c, capped, weighted, soft);
+            CE_FN(grad_partial)(x, e, w, q, g, j, (int)(head - j), c, capped, weighted, soft, from_e);
             j = head;
         }
         for (; j + VN <= n; j += VN) {
             CE_PREFETCH(pf + j, VN * sizeof(T), 2);
-            STNT(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+            STNT(g + j, CE_GRAD_AT(j));
         }
     } else
 #endif
@@ -185,22 +197,22 @@ CE_INLINE void CE_FN(grad_impl)(const T *x, const T *q, int64_t n, const T *pf, 
         (void)stream;
         for (; j + VN <= n; j += VN) {
             CE_PREFETCH(pf + j, VN * sizeof(T), 2);
-            ST(g + j, CE_FN(grad_vec)(LD(x + j), CE_WV(j), CE_QV(j), c, capped, weighted, soft));
+            ST(g + j, CE_GRAD_AT(j));
         }
     }
-    if (j < n)
-        CE_FN(grad_partial)(x + j, CE_W(j), CE_Q(j), g + j, (int)(n - j), c, capped, weighted, soft);
+    if (j < n) CE_FN(grad_partial)(x, e, w, q, g, j, (int)(n - j), c, capped, weighted, soft, from_e);
 }
+#undef CE_GRAD_AT
+#undef CE_SRC
 #undef CE_QV
 #undef CE_WV
-#undef CE_Q
 #undef CE_W
 
-/* The hard- and soft-target gradients: specialised on weights and streaming when uncapped (the
- * hot path), runtime flags under the softcap's tanh. */
-CE_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, const T *next, double softcap, const CT *w,
-                               double shift, double a, double b, double bq, double b0, int stream, T *g,
-                               const int soft)
+/* The hard- and soft-target gradients, from x or from stored exponentials e: specialised on
+ * weights and streaming when uncapped (the hot path), runtime flags under the softcap's tanh. */
+CE_INLINE void CE_FN(grad_any)(const T *x, const CT *e, const T *q, int64_t n, const T *next, double softcap,
+                               const CT *w, double shift, double a, double b, double bq, double b0, int stream,
+                               T *g, const int soft)
 {
     const CE_FN(grad_consts) c = {
         VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
@@ -208,34 +220,52 @@ CE_INLINE void CE_FN(grad_any)(const T *x, const T *q, int64_t n, const T *next,
         VOP(set1)((CT)b),       VOP(set1)((CT)bq),
         VOP(set1)((CT)b0),
     };
-    /* the next row's segment, prefetched into L2 while this one computes (x: none) */
-    const T *pf = next ? next : x;
+    /* the next row's segment, prefetched into L2 while this one computes (else the source) */
+    const T *pf = next ? next : x ? x : (const T *)(const void *)e;
     /* Streaming needs element-aligned g to reach a 64-byte boundary. */
     stream = CE_HAVE_STREAM && stream && ((uintptr_t)g % sizeof(T)) == 0;
     const int weighted = w != NULL;
+#define CE_GRAD_IMPL(capped, weighted, stream, from_e)                                                 \
+    CE_FN(grad_impl)(x, e, q, n, pf, w, g, &c, capped, weighted, soft, stream, from_e)
     if (softcap > 0) {
-        CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 1, weighted, soft, stream); /* not the hot path */
+        CE_GRAD_IMPL(1, weighted, stream, 0); /* not the hot path */
+    } else if (e) {
+        if (stream) {
+            if (weighted) CE_GRAD_IMPL(0, 1, 1, 1);
+            else CE_GRAD_IMPL(0, 0, 1, 1);
+        } else {
+            if (weighted) CE_GRAD_IMPL(0, 1, 0, 1);
+            else CE_GRAD_IMPL(0, 0, 0, 1);
+        }
     } else if (stream) {
-        if (weighted) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 1, soft, 1);
-        else CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 0, soft, 1);
+        if (weighted) CE_GRAD_IMPL(0, 1, 1, 0);
+        else CE_GRAD_IMPL(0, 0, 1, 0);
     } else {
-        if (weighted) CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 1, soft, 0);
-        else CE_FN(grad_impl)(x, q, n, pf, w, g, &c, 0, 0, soft, 0);
+        if (weighted) CE_GRAD_IMPL(0, 1, 0, 0);
+        else CE_GRAD_IMPL(0, 0, 0, 0);
     }
+#undef CE_GRAD_IMPL
 }
 
 static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap, const void *wv,
                            double shift, double a, double b, int stream, void *gv)
 {
-    CE_FN(grad_any)((const T *)xv, NULL, n, (const T *)next, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
+    CE_FN(grad_any)((const T *)xv, NULL, NULL, n, (const T *)next, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
                     stream, (T *)gv, 0);
 }
 
 static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap, const void *wv,
                                 double shift, double a, double bq, double b0, int stream, void *gv)
 {
-    CE_FN(grad_any)((const T *)xv, (const T *)qv, n, NULL, softcap, (const CT *)wv, shift, a, 0.0, bq, b0,
+    CE_FN(grad_any)((const T *)xv, NULL, (const T *)qv, n, NULL, softcap, (const CT *)wv, shift, a, 0.0, bq, b0,
                     stream, (T *)gv, 1);
+}
+
+static void CE_FN(ce_grad_exp)(const void *ev, const void *qv, int64_t n, const void *next, const void *wv,
+                               double a, double bq, double b0, int stream, void *gv)
+{
+    CE_FN(grad_any)(NULL, (const CT *)ev, (const T *)qv, n, (const T *)next, 0.0, (const CT *)wv, 0.0, a, b0, bq,
+                    b0, stream, (T *)gv, qv != NULL);
 }
 
 /* Factor sums over the first m <= VN elements: f = w*q (1 for an absent w or q) into vq,
@@ -303,9 +333,9 @@ static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap
 }
 
 static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap, const void *wv,
-                                 int want_wsum, ce_stats *out)
+                                 int want_wsum, void *ev, ce_stats *out)
 {
-    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
+    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, ev, out);
     CE_FN(factor_sums)((const T *)xv, (const T *)qv, n, softcap, (const CT *)wv, ce_stats_ref(out->max),
                        &out->qsum, &out->qysum);
 }

@@ -124,7 +124,7 @@ static inputs make_inputs(int dt, int64_t n, int special)
     in.q = alloc_bytes((size_t)n * es);
     in.t = alloc_bytes((size_t)n * es);
     in.out = alloc_bytes((size_t)n * es);
-    in.out2 = alloc_bytes((size_t)n * es);
+    in.out2 = alloc_bytes((size_t)n * 8); /* also the exponentials, of the compute type */
     in.w = alloc_bytes((size_t)n * cs);
     in.pw = alloc_bytes((size_t)n * cs);
     in.go = alloc_bytes((size_t)n * cs);
@@ -177,9 +177,9 @@ static void *shifted(void *buf, const void *src, size_t bytes, size_t offset_byt
 
 /* ---- the cases --------------------------------------------------------------------------- */
 
-enum { K_STATS, K_GRAD, K_SHIFT, K_STATS_SOFT, K_GRAD_SOFT, K_BCE, K_COUNT };
-static const char *const kind_name[K_COUNT] = {"stats", "grad", "shift", "stats_soft", "grad_soft", "bce"};
-static const int kind_variants[K_COUNT] = {8, 16, 2, 8, 16, 64};
+enum { K_STATS, K_GRAD, K_SHIFT, K_STATS_SOFT, K_GRAD_SOFT, K_BCE, K_GRAD_EXP, K_COUNT };
+static const char *const kind_name[K_COUNT] = {"stats", "grad", "shift", "stats_soft", "grad_soft", "bce", "grad_exp"};
+static const int kind_variants[K_COUNT] = {8, 16, 2, 8, 16, 64, 16};
 
 /* Runs one primitive with option bits `v` on the inputs; hashes every output. */
 static void run_case(const ce_kernels *k, int kind, int v, inputs *in, uint64_t *h)
@@ -202,9 +202,10 @@ static void run_case(const ce_kernels *k, int kind, int v, inputs *in, uint64_t 
     if (dt != FUSEDCE_F64) shift = (float)shift;
     const double a = 0.75 + in->spread / 64.0, b = 0.5 - in->spread / 50.0;
     switch (kind) {
-    case K_STATS:
-        k->stats(in->x, n, NULL, softcap, w, flag, &s);
+    case K_STATS: /* and the exponentials it keeps (in out2, of the compute type) */
+        k->stats(in->x, n, NULL, softcap, w, flag, in->out2, &s);
         hash_stats(h, &s);
+        hash_array(h, dt == FUSEDCE_F64 ? FUSEDCE_F64 : FUSEDCE_F32, in->out2, n);
         break;
     case K_GRAD: {
         /* bit 3: g at an odd element offset (the streamed head and tail) */
@@ -222,13 +223,23 @@ static void run_case(const ce_kernels *k, int kind, int v, inputs *in, uint64_t 
     }
     case K_STATS_SOFT:
         if (!k->stats_soft) return;
-        k->stats_soft(in->x, in->q, n, softcap, w, flag, &s);
+        k->stats_soft(in->x, in->q, n, softcap, w, flag, in->out2, &s);
         hash_stats(h, &s);
         break;
     case K_GRAD_SOFT: {
         if (!k->grad_soft) return;
         void *g = v & 8 ? (char *)in->out + PAD - 3 * es : (char *)in->out + PAD;
         k->grad_soft(in->x, in->q, n, softcap, w, shift, a, -1.25 + in->spread / 20.0, 0.125, flag, g);
+        ce_stream_fence();
+        hash_array(h, dt, g, n);
+        break;
+    }
+    case K_GRAD_EXP: {
+        /* bit 0: soft targets (no softcap here); exponentials from this ISA's stats */
+        if (!k->grad_exp) return;
+        void *g = v & 8 ? (char *)in->out + PAD - 3 * es : (char *)in->out + PAD;
+        k->stats(in->x, n, NULL, 0.0, NULL, 0, in->out2, &s);
+        k->grad_exp(in->out2, v & 1 ? in->q : NULL, n, in->x, w, a, -1.25 + in->spread / 20.0, 0.125, flag, g);
         ce_stream_fence();
         hash_array(h, dt, g, n);
         break;
@@ -289,6 +300,7 @@ static void variant_name(char *buf, size_t size, int kind, int v)
         {"cap", "w", "wsum"},
         {"cap", "w", "stream", "odd"},
         {"w", "pw", "go", "noloss", "nograd", "odd"},
+        {"soft", "w", "stream", "odd"},
     };
     int used = snprintf(buf, size, "%s", kind_name[kind]);
     for (int b = 0; b < 6 && bits[kind][b]; b++)

@@ -286,11 +286,14 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     fill_weights(dt, wb.p, n);
     const void *w = weighted ? wb.p : NULL;
 
+    buffer eb = buf_new((size_t)n * weight_size(dt), offset * weight_size(dt)); /* exponentials */
+    buffer pe = buf_new((size_t)n * weight_size(dt), 0);
+
     ce_stats got, port;
     memset(&got, 0, sizeof got);
     memset(&port, 0, sizeof port);
-    isa->table->k[dt].stats(xb.p, n, xb.p, softcap, w, want_wsum, &got);
-    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, &port);
+    isa->table->k[dt].stats(xb.p, n, xb.p, softcap, w, want_wsum, eb.p, &got);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, pe.p, &port);
     const oracle_stats o = stats_oracle(dt, xb.p, n, softcap, w);
     const double eps = compute_eps(dt);
 
@@ -298,6 +301,32 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     snprintf(what, sizeof what, "%s stats %s n=%lld cap=%g w=%d wsum=%d off=%zu special=%s",
              isa->name, dtype_name[dt], (long long)n, softcap, weighted, want_wsum, offset,
              special_name[special]);
+
+    /* The exponentials e_j = exp(y_j - max) (relative to 0 when the max is -inf): the exp's
+     * few ULP and its argument's rounding (of y - max, and of y under the softcap's tanh). */
+    const double ref = got.max == -INFINITY ? 0.0 : got.max;
+    int64_t bad_e = -1;
+    for (int64_t j = 0; j < n && bad_e < 0; j++) {
+        const double y = capped(get_elem(dt, xb.p, j), softcap), want = exp(y - ref);
+        const double e_got = get_weight(dt, eb.p, j);
+        if (isnan(want) || want == 0 || isinf(want)) {
+            if (isnan(want) ? !isnan(e_got) : e_got != want) bad_e = j;
+            continue;
+        }
+        const double tol = want * eps * (8 + 2 * fabs(y - ref) + (softcap > 0 ? 12 * (fabs(y) + fabs(ref)) : 0)) +
+                           (dt == FUSEDCE_F64 ? 0x1p-1074 : 0x1p-149);
+        if (!(fabs(e_got - want) <= tol)) bad_e = j;
+    }
+    check(bad_e < 0, "%s: e[%lld] = %.17g, want exp(%.17g - %.17g)", what, (long long)bad_e,
+          bad_e >= 0 ? get_weight(dt, eb.p, bad_e) : 0.0, bad_e >= 0 ? capped(get_elem(dt, xb.p, bad_e), softcap) : 0.0,
+          ref);
+    check(buf_guards_ok(&eb), "%s: wrote outside e", what);
+    if (!(softcap > 0)) { /* without keeping the exponentials: the same statistics, bit for bit */
+        ce_stats alone;
+        memset(&alone, 0, sizeof alone);
+        isa->table->k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, NULL, &alone);
+        check(memcmp(&alone, &got, sizeof got) == 0, "%s: statistics differ without e", what);
+    }
 
     /* Max: exactly portable's when y = x; special values exactly as portable. */
     if (softcap > 0)
@@ -337,6 +366,51 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     check(buf_guards_ok(&xb) && buf_guards_ok(&wb), "%s: input buffers changed", what);
     buf_free(&xb);
     buf_free(&wb);
+    buf_free(&eb);
+    buf_free(&pe);
+}
+
+/* ---- grad from stored exponentials ------------------------------------------------------ */
+
+static void test_grad_exp_case(const isa_entry *isa, int dt, int64_t n, int weighted, int soft, int stream,
+                               size_t offset)
+{
+    const size_t es = dtype_size[dt], cs = weight_size(dt);
+    buffer eb = buf_new((size_t)n * cs, offset * cs), qb = buf_new((size_t)n * es, ((offset + 5) % 8) * es);
+    buffer wb = buf_new((size_t)n * cs, offset * cs), gb = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    for (int64_t j = 0; j < n; j++) {
+        const uint64_t r = rng_next() % 16;
+        const double e = r == 0 ? 0.0 : r == 1 ? 1.0 : r == 2 ? NAN : exp(rng_uniform(-30, 0));
+        if (dt == FUSEDCE_F64) ((double *)eb.p)[j] = e;
+        else ((float *)eb.p)[j] = (float)e;
+        set_elem(dt, qb.p, j, rng_next() % 4 ? rng_uniform(0, 1) : 0.0);
+    }
+    fill_weights(dt, wb.p, n);
+    const void *w = weighted ? wb.p : NULL, *q = soft ? qb.p : NULL;
+    double a = rng_uniform(0.1, 2.0), bq = rng_uniform(-1.5, 1.5), b0 = rng_uniform(-0.5, 0.5);
+    if (dt != FUSEDCE_F64) a = (float)a, bq = (float)bq, b0 = (float)b0;
+    isa->table->k[dt].grad_exp(eb.p, q, n, NULL, w, a, bq, b0, stream, gb.p);
+    ce_stream_fence();
+
+    char what[200];
+    snprintf(what, sizeof what, "%s grad_exp %s n=%lld w=%d soft=%d stream=%d off=%zu", isa->name, dtype_name[dt],
+             (long long)n, weighted, soft, stream, offset);
+    const double eps = compute_eps(dt);
+    int64_t bad = -1;
+    for (int64_t j = 0; j < n && bad < 0; j++) {
+        const double e = get_weight(dt, eb.p, j), wj = get_weight(dt, w, j);
+        const double b = soft ? bq * get_elem(dt, qb.p, j) + b0 : b0, want = a * e - wj * b;
+        /* both sides round a few times (the double oracle too, for f64) */
+        const double tol = 8 * eps * (fabs(a * e) + fabs(wj) * (fabs(b0) + (soft ? fabs(b - b0) : 0))) +
+                           storage_ulp(dt, want);
+        const double got = get_elem(dt, gb.p, j);
+        if (isnan(want) ? !isnan(got) : !(fabs(got - want) <= tol)) bad = j;
+    }
+    check(bad < 0, "%s: g[%lld] = %.17g, e %.17g q %.17g w %.17g a %.17g bq %.17g b0 %.17g", what, (long long)bad,
+          bad >= 0 ? get_elem(dt, gb.p, bad) : 0.0, bad >= 0 ? get_weight(dt, eb.p, bad) : 0.0,
+          bad >= 0 ? get_elem(dt, qb.p, bad) : 0.0, bad >= 0 ? get_weight(dt, w, bad) : 0.0, a, bq, b0);
+    check(buf_guards_ok(&gb) && buf_guards_ok(&eb) && buf_guards_ok(&qb), "%s: wrote outside g", what);
+    buf_free(&eb), buf_free(&qb), buf_free(&wb), buf_free(&gb);
 }
 
 /* ---- grad ------------------------------------------------------------------------------- */
@@ -355,7 +429,9 @@ static void test_grad_case(const isa_entry *isa, int dt, int64_t n, double softc
 
     /* shift: the row max rounded to the compute type, as the driver passes it */
     ce_stats st;
-    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, &st);
+    buffer sb = buf_new((size_t)n * weight_size(dt), 0);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, sb.p, &st);
+    buf_free(&sb);
     double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
     shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
     const double a = rng_uniform(0.1, 2.0), b = rng_uniform(-1.0, 1.0);
@@ -494,8 +570,11 @@ static void test_stats_soft_case(const isa_entry *isa, int dt, int64_t n, double
     ce_stats got, port;
     memset(&got, 0, sizeof got);
     memset(&port, 0, sizeof port);
-    isa->table->k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, &got);
-    ce_table_portable.k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, &port);
+    buffer eb = buf_new((size_t)n * weight_size(dt), 0);
+    isa->table->k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, eb.p, &got);
+    ce_table_portable.k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, eb.p, &port);
+    check(buf_guards_ok(&eb), "stats_soft: wrote outside e");
+    buf_free(&eb);
 
     char what[200];
     snprintf(what, sizeof what, "%s stats_soft %s n=%lld cap=%g w=%d wsum=%d off=%zu special=%s",
@@ -552,7 +631,9 @@ static void test_grad_soft_case(const isa_entry *isa, int dt, int64_t n, double 
     const void *w = weighted ? wb.p : NULL;
 
     ce_stats st;
-    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, &st);
+    buffer sb = buf_new((size_t)n * weight_size(dt), 0);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, sb.p, &st);
+    buf_free(&sb);
     double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
     shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
     const double a = rng_uniform(0.1, 2.0), bq = rng_uniform(-1.5, 1.5);
@@ -884,10 +965,11 @@ static void test_tanh(const isa_entry *isa, int exhaustive)
                                       : rng_logspaced(-36, 4);
         const float xf = (float)x;
         ce_stats s;
-        isa->table->k[FUSEDCE_F32].stats(&xf, 1, NULL, 1.0, NULL, 1, &s);
+        double e[2];
+        isa->table->k[FUSEDCE_F32].stats(&xf, 1, NULL, 1.0, NULL, 1, e, &s);
         const double ref32 = tanh((double)xf), err32 = fabs(s.max - ref32) / ulp_f32(ref32);
         if (err32 > worst32) worst32 = err32, wx32 = xf;
-        isa->table->k[FUSEDCE_F64].stats(&x, 1, NULL, 1.0, NULL, 1, &s);
+        isa->table->k[FUSEDCE_F64].stats(&x, 1, NULL, 1.0, NULL, 1, e, &s);
         const long double ref64 = tanhl((long double)x);
         const double err64 = (double)(fabsl((long double)s.max - ref64) / ulp_f64(ref64));
         if (err64 > worst64) worst64 = err64, wx64 = x;
@@ -900,7 +982,8 @@ static void test_tanh(const isa_entry *isa, int exhaustive)
               "%s tanh max ULP %.3f / %.3f > 2", isa->name, worst32, worst64);
     float inf_in[2] = {INFINITY, -INFINITY};
     ce_stats s;
-    isa->table->k[FUSEDCE_F32].stats(inf_in, 2, NULL, 3.0, NULL, 1, &s);
+    double e[2];
+    isa->table->k[FUSEDCE_F32].stats(inf_in, 2, NULL, 3.0, NULL, 1, e, &s);
     check(s.max == 3.0 && s.wsum == -6.0 && s.wtotal == 2.0, "%s softcap of +-inf: max %g wsum %g",
           isa->name, s.max, s.wsum);
 }
@@ -1051,6 +1134,9 @@ int main(int argc, char **argv)
                 for (int special = 0; special < SP_COUNT; special++)
                     for (int variant = 0; variant < 64; variant += bce_variant_step)
                         test_bce_case(isa, dt, n, variant, special);
+                for (int variant = 0; variant < 16; variant += variant_step)
+                    test_grad_exp_case(isa, dt, n, variant & 1, (variant >> 1) & 1, (variant >> 2) & 1,
+                                       (variant >> 3) ? (size_t)(1 + rng_next() % 7) : 0);
                 for (int special = 0; special < SP_COUNT; special++)
                     for (size_t offset = 0; offset < 3; offset++)
                         test_shift_case(isa, dt, n, offset * 3, special);
@@ -1062,6 +1148,7 @@ int main(int argc, char **argv)
             test_stats_soft_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
             test_grad_soft_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
             test_bce_case(isa, dt, 262147, 7 | 32, SP_NONE);
+            test_grad_exp_case(isa, dt, 262147, 1, 1, 1, 1);
         }
         printf("%-8s %s\n", isa->name, n_failed == failed_before ? "ok" : "FAILED");
     }
