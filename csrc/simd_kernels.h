@@ -80,15 +80,17 @@
 #define LDC CE_CAT(ld_, CSUF) /* weights and the block buffer are of the compute type */
 #define STC CE_CAT(st_, CSUF)
 #define VEXP CE_CAT(ce_exp_, CE_FAM)
-#define VEXPN CE_CAT(ce_exp_, CE_FAM) /* for arguments <= 0 (and a little above): the softmax's */
+#define VEXPN CE_CAT(ce_expn_, CE_FAM) /* for arguments <= 0 (and a little above): the softmax's */
 #define VTANH CE_CAT(ce_tanh_, CE_FAM)
 #define VLOG1P CE_CAT(ce_log1p01_, CE_FAM)
 
 #define CE_FAM f
 #define T float
 #define SUF f32
-#define CE_ROWS_VEXP 1 /* and the exp alone (f32 and f64) */
+#define CE_ROWS_VEXP 1  /* and the exp alone (f32 and f64) */
+#define CE_ROWS_VEXPN 1 /* and the softmax's (f32) */
 #include "simd_rows.h"
+#undef CE_ROWS_VEXPN
 #undef CE_ROWS_VEXP
 #undef SUF
 #undef T
@@ -159,6 +161,7 @@ const ce_isa_table CE_CAT(ce_table_, CE_ISA) = {
     },
     CE_CAT(vexp_f32_, CE_ISA),
     CE_CAT(vexp_f64_, CE_ISA),
+    CE_CAT(vexpn_f32_, CE_ISA),
     CE_CAT(roof_read_, CE_ISA),
     CE_CAT(roof_copy_, CE_ISA),
 };

@@ -420,11 +420,20 @@ static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, v
 }
 
 #ifdef CE_ROWS_VEXP
-/* The vector exp alone, y[i] = exp(x[i]), for the accuracy tests. */
+/* The vector exps alone, y[i] = exp(x[i]), for the accuracy tests: the general one, and the
+ * softmax's (VEXPN). */
 static void CE_FN(vexp)(const T *x, int64_t n, T *y)
 {
     int64_t i = 0;
     for (; i + VN <= n; i += VN) ST(y + i, VEXP(LD(x + i)));
     if (i < n) STP(y + i, (int)(n - i), VEXP(LDP(x + i, (int)(n - i))));
+}
+#endif
+#ifdef CE_ROWS_VEXPN
+static void CE_FN(vexpn)(const T *x, int64_t n, T *y)
+{
+    int64_t i = 0;
+    for (; i + VN <= n; i += VN) ST(y + i, VEXPN(LD(x + i)));
+    if (i < n) STP(y + i, (int)(n - i), VEXPN(LDP(x + i, (int)(n - i))));
 }
 #endif

@@ -954,6 +954,38 @@ static void test_exp(const isa_entry *isa, int exhaustive)
     check(tails_ok, "%s vexp tails", isa->name);
 }
 
+/* The softmax's exp (vexpn_f32): every float (exhaustive) or a sample in [-87, 0], in ULP of the
+ * result; where results are at least 2^-24 (x >= -16.6, what a sum or a probability can tell
+ * from 0 against the row's largest term, 1) on its own. */
+static void test_expn(const isa_entry *isa, int exhaustive)
+{
+    static float xs[CHUNK], ys[CHUNK];
+    const uint32_t stride = exhaustive ? 1 : 2039;
+    double worst = 0, worst_big = 0;
+    float wx = 0, wx_big = 0;
+    uint64_t u = 0x80000000u;
+    while (u < 0xC2AE0001u) { /* -0 to -87 */
+        int m = 0;
+        for (; m < CHUNK && u < 0xC2AE0001u; m++, u += stride) xs[m] = f32_from_bits((uint32_t)u);
+        isa->table->vexpn_f32(xs, m, ys);
+        for (int i = 0; i < m; i++) {
+            const double ref = exp((double)xs[i]), err = fabs((double)ys[i] - ref) / ulp_f32(ref);
+            if (!(err <= worst)) worst = err, wx = xs[i];
+            if (ref >= 0x1p-24 && !(err <= worst_big)) worst_big = err, wx_big = xs[i];
+        }
+    }
+    printf("%-8s softmax exp f32: max %.3f ULP over [-87, 0] (at %.9g), %.3f ULP where >= 2^-24 (at %.9g)%s\n",
+           isa->name, worst, (double)wx, worst_big, (double)wx_big, exhaustive ? ", every float" : "");
+    check(worst <= 5.5 && worst_big <= 3.0, "%s softmax exp max ULP %.3f / %.3f", isa->name, worst, worst_big);
+    const float sp[] = {-INFINITY, NAN, -0.0f, 0.0f, -1000.0f, 1e-7f};
+    float ysp[6];
+    isa->table->vexpn_f32(sp, 6, ysp);
+    check(ysp[0] == 0.0f && !signbit(ysp[0]) && isnan(ysp[1]) && ysp[2] == 1.0f && ysp[3] == 1.0f && ysp[4] == 0.0f &&
+              fabsf(ysp[5] - 1.0000001f) <= 0x1p-23f,
+          "%s softmax exp special values: %g %g %g %g %g %g", isa->name, ysp[0], ysp[1], ysp[2], ysp[3], ysp[4],
+          ysp[5]);
+}
+
 /* tanh through stats: with softcap 1 and one element, max is tanh(x) in the compute type. */
 static void test_tanh(const isa_entry *isa, int exhaustive)
 {
@@ -1114,6 +1146,7 @@ int main(int argc, char **argv)
             if (isa->vocab_test) isa->vocab_test(check);
         }
         test_exp(isa, exhaustive);
+        test_expn(isa, exhaustive);
         test_tanh(isa, exhaustive);
         test_softplus(isa);
         for (int dt = 0; dt < 4; dt++) {
