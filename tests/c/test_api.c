@@ -710,7 +710,8 @@ static void errors(void)
 
 /* ---- threads ---------------------------------------------------------------------------- */
 
-/* A row long enough to be split over threads, against the same row on one thread. */
+/* A row long enough to be split over threads, against the same row on one thread: the same
+ * bits (docs/guarantees.md: results do not depend on the thread count). */
 static void threads_one(int dt, int64_t rows, int64_t K, int opt)
 {
     ce_case c;
@@ -727,6 +728,12 @@ static void threads_one(int dt, int64_t rows, int64_t K, int opt)
         fusedce_set_num_threads(0);
         ce_run(&c, &all);
         ce_compare(&c, &all, &one);
+        const size_t grad_bytes = (size_t)(rows * K) * elem_size(dt);
+        check(memcmp(all.loss.p, one.loss.p, (size_t)rows * 8) == 0 && memcmp(all.lse.p, one.lse.p, (size_t)rows * 8) == 0 &&
+                  memcmp(all.grad.p, one.grad.p, grad_bytes) == 0 &&
+                  memcmp(all.loss_only.p, one.loss_only.p, (size_t)rows * 8) == 0 &&
+                  memcmp(all.grad_backward.p, one.grad_backward.p, grad_bytes) == 0,
+              "%s: not the same bits on one thread and on all", where);
         ce_results_free(&one), ce_results_free(&all);
     }
     fusedce_set_num_threads(before);
