@@ -94,6 +94,7 @@ typedef struct ce_job {
     size_t exp_bytes;            /* of that, the exponentials' */
     int grad_from_exp;           /* pass 2 reads pass 1's exponentials (no softcap) */
     int keep_exp;                /* pass 1 keeps them: there is a pass 2 that reads them */
+    int row_ahead;               /* pass 1 prefetches the next row (it fits in L2 beside this) */
 } ce_job;
 
 /* The scalars of one row once its lse is known: grad_j = ca*p_j - w_j*(bq*q_j + b0) (times
@@ -153,8 +154,8 @@ static int64_t ce_chunk_hi(const ce_job *J, int64_t c)
 }
 
 /* Pass 1 over chunks [c0, c1) of row r: their statistics into st[c0..c1), their exponentials
- * into e (from chunk c0's first class on). While one chunk computes, the next is prefetched:
- * the row's next chunk, or after the last, this run's first chunk of the row next_r. */
+ * into e (from chunk c0's first class on). While a chunk computes, what this thread reads
+ * next is prefetched. */
 static void ce_chunks_stats(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, char *e,
                             ce_stats *st)
 {
@@ -164,9 +165,13 @@ static void ce_chunks_stats(const ce_job *J, int64_t r, int64_t next_r, int64_t 
         const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
         const size_t off = ce_offset(J, r, lo);
         const char *x = (const char *)a->logits + off;
-        const char *next = c + 1 < c1 ? x + (size_t)(hi - lo) * J->es
-                           : next_r >= 0 ? (const char *)a->logits + ce_offset(J, next_r, ce_chunk_lo(c0))
-                                         : NULL;
+        /* the same chunk of the next row where that fits in L2 beside this one (the memory
+         * stream then runs while this row computes and pass 2 only writes), else the next
+         * chunk of this row */
+        const char *next = J->row_ahead && next_r >= 0 ? (const char *)a->logits + ce_offset(J, next_r, lo)
+                           : c + 1 < c1                ? x + (size_t)(hi - lo) * J->es
+                           : next_r >= 0               ? (const char *)a->logits + ce_offset(J, next_r, ce_chunk_lo(c0))
+                                                       : NULL;
         /* the exponentials: kept for pass 2, or (softcap) scratch for the capped logits */
         char *ec = J->keep_exp ? e + (size_t)(lo - ce_chunk_lo(c0)) * J->wes : a->softcap > 0 ? e : NULL;
         if (a->target_probs)
@@ -238,15 +243,16 @@ static void ce_segment_grad(const ce_job *J, int64_t r, const char *next, int64_
 
 /* Pass 2 over chunks [c0, c1) of row r, each scaled by its own max: p_j = e_j * exp(m_c - lse).
  * The chunk's gradient comes from its kept exponentials e, or (softcap) from the logits with the
- * same exp taken again. While it writes, the same classes of row next_r are prefetched. */
+ * same exp taken again. Where pass 1 has not brought the next row in already, its same classes
+ * are prefetched while this one writes. */
 static void ce_chunks_grad(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, const char *e,
                            const ce_stats *st, int64_t t, const ce_row_terms *T)
 {
     for (int64_t c = c0; c < c1; c++) {
         const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
         const double ref = st[c].max == -INFINITY ? 0.0 : st[c].max; /* what e is relative to */
-        const char *next = next_r >= 0 ? (const char *)J->a->logits + ce_offset(J, next_r, lo) : NULL;
         const char *ec = J->grad_from_exp ? e + (size_t)(lo - ce_chunk_lo(c0)) * J->wes : NULL;
+        const char *next = !J->row_ahead && next_r >= 0 ? (const char *)J->a->logits + ce_offset(J, next_r, lo) : NULL;
         ce_segment_grad(J, r, next, lo, hi, t, ref, T->ca * exp(ref - T->lse), ec, T);
     }
 }
@@ -421,6 +427,8 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     const int64_t seg_chunks = split ? (J.chunks + nt - 1) / nt : J.chunks; /* at most, per thread */
     J.grad_from_exp = !(a->softcap > 0) && (size_t)(seg_chunks * CE_CHUNK) * J.wes <= CE_KEEP_EXP_BYTES;
     J.keep_exp = J.grad_from_exp && a->grad;
+    const int64_t seg = seg_chunks * CE_CHUNK < K ? seg_chunks * CE_CHUNK : K;
+    J.row_ahead = seg * (int64_t)(2 * J.es + J.wes) <= ce_l2_bytes() / 2;
     J.exp_bytes = ((size_t)((J.grad_from_exp ? seg_chunks : 1) * CE_CHUNK) * J.wes + 63) / 64 * 64;
     J.scratch_bytes = (J.exp_bytes + (split ? 0 : (size_t)J.chunks * sizeof(ce_stats)) + 63) / 64 * 64;
     /* split rows' chunk statistics: shared, double-buffered by row parity */
