@@ -95,6 +95,7 @@ typedef struct ce_job {
     int grad_from_exp;           /* pass 2 reads pass 1's exponentials (no softcap) */
     int keep_exp;                /* pass 1 keeps them: there is a pass 2 that reads them */
     int row_ahead;               /* pass 1 prefetches the next row (it fits in L2 beside this) */
+    int pipeline;                /* whole rows: pass 2 of a row during pass 1 of the next */
 } ce_job;
 
 /* The scalars of one row once its lse is known: grad_j = ca*p_j - w_j*(bq*q_j + b0) (times
@@ -309,13 +310,59 @@ static void ce_grad_from_lse(const ce_job *J, int64_t r, int64_t next_r, int64_t
     ce_segment_grad(J, r, next, lo, hi, t, shift, T->ca * exp(shift - T->lse), NULL, T);
 }
 
+/* A whole row whose gradient is still to be written: pass 2 of row r runs during pass 1 of the
+ * thread's next row (ce_stats_grad), so that its stores drain while that row's exps compute. */
+typedef struct ce_pending {
+    int64_t r, t; /* t: the class whose element ce_write_target_grad rewrites, or -1 */
+    ce_row_terms T;
+    const char *e;
+    const ce_stats *st;
+    int pending;
+} ce_pending;
+
+/* Row p->r's gradient on its own (the thread's last row, or before a row without pass 1). */
+static void ce_pending_flush(const ce_job *J, ce_pending *p)
+{
+    if (!p->pending) return;
+    ce_chunks_grad(J, p->r, -1, 0, J->chunks, p->e, p->st, p->t, &p->T);
+    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
+    p->pending = 0;
+}
+
+/* Pass 1 over all chunks of row r with the pending row's pass 2 alongside, chunk by chunk. */
+static void ce_chunks_stats_grad(const ce_job *J, int64_t r, int64_t next_r, char *e, ce_stats *st, ce_pending *p)
+{
+    const fusedce_ce_args *a = J->a;
+    const int want_wsum = a->loss && a->label_smoothing > 0;
+    for (int64_t c = 0; c < J->chunks; c++) {
+        const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
+        const char *x = (const char *)a->logits + ce_offset(J, r, lo);
+        const char *next = J->row_ahead && next_r >= 0 ? (const char *)a->logits + ce_offset(J, next_r, lo)
+                           : c + 1 < J->chunks        ? x + (size_t)(hi - lo) * J->es
+                                                      : NULL;
+        const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
+        char *g = (char *)a->grad + ce_offset(J, p->r, lo);
+        /* ordinary stores over the line of the pending row's target, which it rewrites */
+        int64_t plo = 0, phi = 0;
+        if (J->stream && p->t >= lo && p->t < hi) {
+            plo = p->t - lo - (int64_t)(((uintptr_t)a->grad + ce_offset(J, p->r, p->t)) & 63) / (int64_t)J->es;
+            phi = plo + 64 / (int64_t)J->es;
+        }
+        J->k->stats_grad(x, hi - lo, next, ce_weight_from(J, lo), want_wsum, e + (size_t)lo * J->wes, &st[c],
+                         p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
+                         p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, plo, phi, g);
+    }
+    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
+    p->pending = 0;
+}
+
 /* Row r's chunks [c0, c1) on this thread, a whole row (split = 0: its chunk statistics in
  * `st`) or its share of a split one (the chunks' statistics shared in st, merged after a
  * barrier by every thread alike). e: this thread's scratch. The loss and the class target's
  * gradient element belong to the thread whose chunks hold the target (thread 0 for soft
  * targets), which reads y_t before any store. */
 static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, int first,
-                          int split, char *e, ce_stats *st)
+                          int split, char *e, ce_stats *st, ce_pending *pend)
 {
     const fusedce_ce_args *a = J->a;
     const int64_t K = a->classes, lo = ce_chunk_lo(c0), hi = c1 < J->chunks ? ce_chunk_lo(c1) : K;
@@ -326,7 +373,11 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
     double deriv_t = 1.0;
     const double y_t = owner && !a->target_probs ? ce_target_y(J, x_row, t, &deriv_t) : 0.0;
     const int need_stats = ce_needs_stats(J, counted);
-    if (need_stats) ce_chunks_stats(J, r, next_r, c0, c1, e, st);
+    if (pend && pend->pending && need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
+    else {
+        if (pend) ce_pending_flush(J, pend);
+        if (need_stats) ce_chunks_stats(J, r, next_r, c0, c1, e, st);
+    }
 #ifdef _OPENMP
     /* One barrier per split row, stats or not, keeps the parity double-buffering safe. */
     if (split) {
@@ -351,6 +402,10 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
         ce_terms(J, r, t, y_t, deriv_t, lse, &row, owner && a->loss ? a->loss + r : NULL);
     if (a->grad) {
         const int64_t t_here = owner && !a->target_probs ? t : -1;
+        if (pend && need_stats) { /* written during the next row's pass 1 */
+            *pend = (ce_pending){r, t_here, T, e, st, 1};
+            return;
+        }
         if (need_stats) ce_chunks_grad(J, r, next_r, c0, c1, e, st, t_here, &T);
         else ce_grad_from_lse(J, r, next_r, lo, hi, t_here, &T);
         if (t_here >= 0) ce_write_target_grad(J, &T, r, t);
@@ -430,10 +485,15 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     const int64_t seg = seg_chunks * CE_CHUNK < K ? seg_chunks * CE_CHUNK : K;
     J.row_ahead = seg * (int64_t)(2 * J.es + J.wes) <= ce_l2_bytes() / 2;
     J.exp_bytes = ((size_t)((J.grad_from_exp ? seg_chunks : 1) * CE_CHUNK) * J.wes + 63) / 64 * 64;
+    /* the pipeline holds two rows' exponentials: only where they stay in L2 with the logits */
+    J.pipeline = !split && J.keep_exp && !a->target_probs && J.k->stats_grad && !a->lse_in &&
+                 K * (int64_t)(J.es + 2 * J.wes) <= ce_l2_bytes() / 2;
+    /* per thread: exponentials and chunk statistics, twice with the pipeline */
     J.scratch_bytes = (J.exp_bytes + (split ? 0 : (size_t)J.chunks * sizeof(ce_stats)) + 63) / 64 * 64;
     /* split rows' chunk statistics: shared, double-buffered by row parity */
     ce_stats *shared = split ? (ce_stats *)calloc((size_t)J.chunks * 2, sizeof(ce_stats)) : NULL;
-    J.scratch = (char *)aligned_alloc(64, J.scratch_bytes * (size_t)nt);
+    const size_t per_thread = J.scratch_bytes * (J.pipeline ? 2 : 1);
+    J.scratch = (char *)aligned_alloc(64, per_thread * (size_t)nt);
     if (!J.scratch || (split && !shared)) {
         free(J.scratch), free(shared);
         return FUSEDCE_EINVAL;
@@ -447,17 +507,23 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
 #else
         const int tid = 0, team = 1;
 #endif
-        char *e = J.scratch + (size_t)tid * J.scratch_bytes;
+        char *e = J.scratch + (size_t)tid * per_thread;
         if (split) {
             const int64_t c0 = J.chunks * tid / team, c1 = J.chunks * (tid + 1) / team;
             for (int64_t r = 0; r < rows; r++)
                 ce_row_chunks(&J, r, r + 1 < rows ? r + 1 : -1, c0, c1, tid == 0, 1, e,
-                              shared + (r & 1) * J.chunks);
+                              shared + (r & 1) * J.chunks, NULL);
         } else {
             int64_t r0, r1;
             ce_thread_rows(rows, &r0, &r1);
-            ce_stats *st = (ce_stats *)(e + J.exp_bytes);
-            for (int64_t r = r0; r < r1; r++) ce_row_chunks(&J, r, r + 1 < r1 ? r + 1 : -1, 0, J.chunks, 1, 0, e, st);
+            ce_pending pend = {0, 0, {0}, NULL, NULL, 0};
+            for (int64_t r = r0; r < r1; r++) {
+                /* with the pipeline, rows alternate between the two halves of the scratch */
+                char *er = e + (J.pipeline ? (size_t)(r & 1) * J.scratch_bytes : 0);
+                ce_row_chunks(&J, r, r + 1 < r1 ? r + 1 : -1, 0, J.chunks, 1, 0, er, (ce_stats *)(er + J.exp_bytes),
+                              J.pipeline ? &pend : NULL);
+            }
+            ce_pending_flush(&J, &pend);
         }
         if (J.stream) ce_stream_fence();
     }

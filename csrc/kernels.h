@@ -80,6 +80,17 @@ typedef void (*ce_grad_exp_fn)(const void *e, const void *q, int64_t n, const vo
                                const void *weight, double a, double bq, double b0, int stream,
                                void *g);
 
+/* Pass 1 over x[0..n) as ce_stats_fn (no softcap; e given), and meanwhile pass 2 of an
+ * earlier row's chunk of the same n classes from its kept exponentials pe: g_j = a*pe_j -
+ * gw_j*b0 (gw NULL: 1), streamed when `stream` but over [plo, phi) (ordinary stores: the line
+ * its caller rewrites an element of). The two interleave, so that the gradient's stores drain
+ * while the exps compute; the results are those of ce_stats_fn and ce_grad_exp_fn, bit for
+ * bit. */
+typedef void (*ce_stats_grad_fn)(const void *x, int64_t n, const void *next, const void *weight,
+                                 int want_wsum, void *e, ce_stats *out, const void *pe,
+                                 const void *gw, double a, double b0, int stream, int64_t plo,
+                                 int64_t phi, void *g);
+
 /* Binary cross-entropy with logits over n elements, targets t of the storage type:
  *   l_j = w_j [(1 - t_j) softplus(x_j) + pw_j t_j softplus(-x_j)]   (softplus(x) = log(1 + e^x))
  *   g_j = s_j w_j [(1 + (pw_j - 1) t_j) sigmoid(x_j) - pw_j t_j]     s_j = go ? go[j] : scale
@@ -99,6 +110,7 @@ typedef struct ce_kernels {
     ce_grad_soft_fn grad_soft;
     bce_fn bce;
     ce_grad_exp_fn grad_exp;
+    ce_stats_grad_fn stats_grad; /* NULL: the driver runs the passes one after the other */
 } ce_kernels;
 
 /* One ISA: kernels indexed by FUSEDCE_F32, F64, F16, BF16. */

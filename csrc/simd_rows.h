@@ -44,12 +44,42 @@ CE_INLINE CT CE_FN(stats_max)(const T *x, int64_t n, CT *e, V cap, V inv_cap, co
     return VOP(hmax)(VOP(max)(VOP(max)(m0, m1), VOP(max)(m2, m3)));
 }
 
+/* An earlier row's chunk of gradient, written alongside pass B (ce_stats_grad) so that its
+ * stores drain while the exps compute: g_j = a*pe_j - w_j*b0 from that row's kept
+ * exponentials pe; streamed (when stream) but over [plo, phi), the line of its target. */
+typedef struct {
+    const CT *pe, *w;
+    T *g;
+    int64_t n, j, plo, phi;
+    V a, b0;
+} CE_FN(writer);
+
+/* The writer's next m elements (a whole vector when m == VN). */
+CE_INLINE void CE_FN(write_vec)(CE_FN(writer) *wr, int m, const int weighted, const int stream)
+{
+    const int64_t j = wr->j;
+    const V pe = m == VN ? LDC(wr->pe + j) : LDCP(wr->pe + j, m);
+    const V bw = weighted ? VOP(mul)(wr->b0, m == VN ? LDC(wr->w + j) : LDCP(wr->w + j, m)) : wr->b0;
+    const V v = VOP(fms)(wr->a, pe, bw);
+    wr->j = j + m;
+#if CE_HAVE_STREAM
+    if (stream && m == VN && (j + VN <= wr->plo || j >= wr->phi)) {
+        STNT(wr->g + j, v);
+        return;
+    }
+#endif
+    (void)stream;
+    if (m == VN) ST(wr->g + j, v);
+    else STP(wr->g + j, m, v);
+}
+
 /* Pass B: e_j = exp(y_j - ref) stored, and their sum: float sums of at most CE_BLOCK / VN terms
  * per lane, four chains, added in double per block. y comes back from cache (x, or e when
  * capped). It prefetches pf, what the caller reads next (into L1 if small, else L2): otherwise
  * the memory stream would idle while this pass computes. */
 CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T *pf, const int capped,
-                                  const int keep)
+                                  const int keep, CE_FN(writer) *wr, const int writing, const int weighted,
+                                  const int stream)
 {
     const int near = n * (int64_t)sizeof(T) <= 8192; /* a small next chunk fits L1 */
     const V vref = VOP(set1)(ref);
@@ -72,6 +102,8 @@ CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T 
             CE_EXP_AT(s1, VN);
             CE_EXP_AT(s2, 2 * VN);
             CE_EXP_AT(s3, 3 * VN);
+            if (writing)
+                for (int k = 0; k < 4 && wr->j + VN <= wr->n; k++) CE_FN(write_vec)(wr, VN, weighted, stream);
         }
         for (; j + VN <= i1; j += VN) CE_EXP_AT(s0, 0);
         if (j < i1) {
@@ -97,7 +129,7 @@ CE_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double so
     const CT m = CE_FN(stats_max)(x, n, e, cap, inv_cap, capped);
     /* an all -inf (and NaN) chunk: exponentials of 0 and NaN, relative to 0 */
     out->max = m;
-    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, capped, keep);
+    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, capped, keep, NULL, 0, 0, 0);
 }
 
 static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w, double ref,
@@ -114,6 +146,46 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double
     if (want_wsum)
         CE_FN(factor_sums)(x, NULL, n, softcap, (const CT *)wv, ce_stats_ref(out->max), &out->wtotal,
                            &out->wsum);
+}
+
+/* ce_stats (no softcap, exponentials kept) with an earlier row's chunk of gradient written
+ * alongside (kernels.h). */
+CE_INLINE void CE_FN(stats_grad_impl)(const T *x, int64_t n, const T *next, CT *e, ce_stats *out,
+                                      CE_FN(writer) *wr, const int weighted, const int stream)
+{
+    const V zero = VOP(set1)(0);
+    if (stream) { /* ordinary stores up to a 64-byte boundary of g */
+        int64_t head = (int64_t)((64 - ((uintptr_t)wr->g & 63)) & 63) / (int64_t)sizeof(T);
+        if (head > n) head = n;
+        while (wr->j < head) CE_FN(write_vec)(wr, head - wr->j < VN ? (int)(head - wr->j) : VN, weighted, 0);
+    }
+    const CT m = CE_FN(stats_max)(x, n, e, zero, zero, 0);
+    out->max = m;
+    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, 0, 1, wr, 1, weighted,
+                                stream);
+    while (wr->j < n) CE_FN(write_vec)(wr, n - wr->j < VN ? (int)(n - wr->j) : VN, weighted, stream);
+}
+
+static void CE_FN(ce_stats_grad)(const void *xv, int64_t n, const void *nextv, const void *wv, int want_wsum,
+                                 void *ev, ce_stats *out, const void *pev, const void *gwv, double a, double b0,
+                                 int stream, int64_t plo, int64_t phi, void *gv)
+{
+    const T *x = (const T *)xv;
+    CE_FN(writer) wr = {(const CT *)pev, (const CT *)gwv, (T *)gv, n, 0, plo, phi, VOP(set1)((CT)a),
+                        VOP(set1)((CT)b0)};
+    stream = CE_HAVE_STREAM && stream && ((uintptr_t)gv % sizeof(T)) == 0;
+#define CE_SG(weighted, stream) CE_FN(stats_grad_impl)(x, n, (const T *)nextv, (CT *)ev, out, &wr, weighted, stream)
+    if (gwv) {
+        if (stream) CE_SG(1, 1);
+        else CE_SG(1, 0);
+    } else {
+        if (stream) CE_SG(0, 1);
+        else CE_SG(0, 0);
+    }
+#undef CE_SG
+    out->wtotal = out->wsum = 0.0;
+    if (want_wsum)
+        CE_FN(factor_sums)(x, NULL, n, 0.0, (const CT *)wv, ce_stats_ref(out->max), &out->wtotal, &out->wsum);
 }
 
 typedef struct {

@@ -177,9 +177,10 @@ static void *shifted(void *buf, const void *src, size_t bytes, size_t offset_byt
 
 /* ---- the cases --------------------------------------------------------------------------- */
 
-enum { K_STATS, K_GRAD, K_SHIFT, K_STATS_SOFT, K_GRAD_SOFT, K_BCE, K_GRAD_EXP, K_COUNT };
-static const char *const kind_name[K_COUNT] = {"stats", "grad", "shift", "stats_soft", "grad_soft", "bce", "grad_exp"};
-static const int kind_variants[K_COUNT] = {8, 16, 2, 8, 16, 64, 16};
+enum { K_STATS, K_GRAD, K_SHIFT, K_STATS_SOFT, K_GRAD_SOFT, K_BCE, K_GRAD_EXP, K_STATS_GRAD, K_COUNT };
+static const char *const kind_name[K_COUNT] = {"stats",     "grad", "shift",    "stats_soft",
+                                               "grad_soft", "bce",  "grad_exp", "stats_grad"};
+static const int kind_variants[K_COUNT] = {8, 16, 2, 8, 16, 64, 16, 16};
 
 /* Runs one primitive with option bits `v` on the inputs; hashes every output. */
 static void run_case(const ce_kernels *k, int kind, int v, inputs *in, uint64_t *h)
@@ -244,6 +245,20 @@ static void run_case(const ce_kernels *k, int kind, int v, inputs *in, uint64_t 
         hash_array(h, dt, g, n);
         break;
     }
+    case K_STATS_GRAD: {
+        /* this row's pass 1 with the gradient from q's exponentials (an earlier row) alongside */
+        if (!k->stats_grad) return;
+        void *g = v & 8 ? (char *)in->out + PAD - 3 * es : (char *)in->out + PAD;
+        char pe[8 * 4096];
+        if (n > 4096) return;
+        k->stats(in->q, n, NULL, 0.0, NULL, 0, pe, &s);
+        k->stats_grad(in->x, n, NULL, in->w, v & 1, in->out2, &s, pe, w, a, 0.125, flag, n / 3, n / 3 + 16, g);
+        ce_stream_fence();
+        hash_stats(h, &s);
+        hash_array(h, dt == FUSEDCE_F64 ? FUSEDCE_F64 : FUSEDCE_F32, in->out2, n);
+        hash_array(h, dt, g, n);
+        break;
+    }
     case K_BCE: {
         if (!k->bce) return;
         /* bits: weight, pos_weight, per-element scale, no loss output, no gradient, unaligned x */
@@ -301,6 +316,7 @@ static void variant_name(char *buf, size_t size, int kind, int v)
         {"cap", "w", "stream", "odd"},
         {"w", "pw", "go", "noloss", "nograd", "odd"},
         {"soft", "w", "stream", "odd"},
+        {"wsum", "w", "stream", "odd"},
     };
     int used = snprintf(buf, size, "%s", kind_name[kind]);
     for (int b = 0; b < 6 && bits[kind][b]; b++)

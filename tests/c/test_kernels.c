@@ -413,6 +413,44 @@ static void test_grad_exp_case(const isa_entry *isa, int dt, int64_t n, int weig
     buf_free(&eb), buf_free(&qb), buf_free(&wb), buf_free(&gb);
 }
 
+/* ---- pass 1 with an earlier row's pass 2 alongside: the same bits as the two apart -------- */
+
+static void test_stats_grad_case(const isa_entry *isa, int dt, int64_t n, int weighted, int want_wsum, int stream,
+                                 size_t offset, int special)
+{
+    if (!isa->table->k[dt].stats_grad) return; /* the driver runs the passes apart */
+    const size_t es = dtype_size[dt], cs = weight_size(dt);
+    buffer xb = buf_new((size_t)n * es, offset * es), wb = buf_new((size_t)n * cs, offset * cs);
+    buffer pb = buf_new((size_t)n * es, 0), pe = buf_new((size_t)n * cs, 0);
+    buffer e1 = buf_new((size_t)n * cs, 0), e2 = buf_new((size_t)n * cs, 0);
+    buffer g1 = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es), g2 = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    fill_logits(dt, xb.p, n, special);
+    fill_logits(dt, pb.p, n, SP_NONE); /* the earlier row */
+    fill_weights(dt, wb.p, n);
+    ce_stats prev, got, want;
+    memset(&got, 0, sizeof got), memset(&want, 0, sizeof want);
+    isa->table->k[dt].stats(pb.p, n, NULL, 0.0, NULL, 0, pe.p, &prev);
+    const void *w = weighted ? wb.p : NULL;
+    const double a = rng_uniform(0.1, 2.0), b0 = weighted ? rng_uniform(-0.2, 0.2) : 0.0;
+    /* a plain range somewhere (the target's line), or none */
+    const int64_t plo = n ? (int64_t)(rng_next() % (uint64_t)n) : 0, phi = rng_next() % 2 ? plo + 16 : plo;
+    isa->table->k[dt].stats_grad(xb.p, n, NULL, wb.p, want_wsum, e1.p, &got, pe.p, w, a, b0, stream, plo, phi, g1.p);
+    ce_stream_fence();
+    isa->table->k[dt].stats(xb.p, n, NULL, 0.0, wb.p, want_wsum, e2.p, &want);
+    isa->table->k[dt].grad_exp(pe.p, NULL, n, NULL, w, a, 0.0, b0, stream, g2.p);
+    ce_stream_fence();
+    char what[200];
+    snprintf(what, sizeof what, "%s stats_grad %s n=%lld w=%d wsum=%d stream=%d off=%zu special=%s", isa->name,
+             dtype_name[dt], (long long)n, weighted, want_wsum, stream, offset, special_name[special]);
+    check(memcmp(&got, &want, sizeof got) == 0 && memcmp(e1.p, e2.p, (size_t)n * cs) == 0,
+          "%s: statistics or exponentials differ from stats'", what);
+    check(memcmp(g1.p, g2.p, (size_t)n * es) == 0, "%s: gradient differs from grad_exp's", what);
+    check(buf_guards_ok(&g1) && buf_guards_ok(&e1) && buf_guards_ok(&xb) && buf_guards_ok(&pe), "%s: wrote outside",
+          what);
+    buffer *all[] = {&xb, &wb, &pb, &pe, &e1, &e2, &g1, &g2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) buf_free(all[i]);
+}
+
 /* ---- grad ------------------------------------------------------------------------------- */
 
 static void test_grad_case(const isa_entry *isa, int dt, int64_t n, double softcap, int weighted,
@@ -1171,6 +1209,10 @@ int main(int argc, char **argv)
                     test_grad_exp_case(isa, dt, n, variant & 1, (variant >> 1) & 1, (variant >> 2) & 1,
                                        (variant >> 3) ? (size_t)(1 + rng_next() % 7) : 0);
                 for (int special = 0; special < SP_COUNT; special++)
+                    for (int variant = 0; variant < 16; variant += variant_step)
+                        test_stats_grad_case(isa, dt, n, variant & 1, (variant >> 1) & 1, (variant >> 2) & 1,
+                                             (variant >> 3) ? (size_t)(1 + rng_next() % 7) : 0, special);
+                for (int special = 0; special < SP_COUNT; special++)
                     for (size_t offset = 0; offset < 3; offset++)
                         test_shift_case(isa, dt, n, offset * 3, special);
             }
@@ -1182,6 +1224,7 @@ int main(int argc, char **argv)
             test_grad_soft_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
             test_bce_case(isa, dt, 262147, 7 | 32, SP_NONE);
             test_grad_exp_case(isa, dt, 262147, 1, 1, 1, 1);
+            test_stats_grad_case(isa, dt, 262147, 1, 1, 1, 1, SP_NONE);
         }
         printf("%-8s %s\n", isa->name, n_failed == failed_before ? "ok" : "FAILED");
     }
