@@ -1084,7 +1084,8 @@ def plot(report, path):
             name = f"{backend} {dtype}" + ("" if loss == "ce" else f" {loss}")
             if kind not in OPS:  # bytes/s -> elements/s at this op's traffic per element
                 ys = [r.gb_per_s * r.case.elements / r.case.bytes_moved(op) for r in rows]
-                ax.plot(ks, ys, "k--", lw=1.2, label=f"{name} roofline")
+                label = f"{kind} roofline" if backend == "roofline" else f"{name} roofline"
+                ax.plot(ks, ys, "k--", lw=1.2, label=label)
             else:
                 ax.plot(ks, [r.gelem_per_s for r in rows], "o-", label=name)
         ax.set(xscale="log", yscale="log", xlabel="K (classes)", ylabel="G elements / s", title=op)
