@@ -412,14 +412,22 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
     }
 }
 
+int ce_team(int *size)
+{
+#ifdef _OPENMP
+    *size = omp_get_num_threads();
+    return omp_get_thread_num();
+#else
+    *size = 1;
+    return 0;
+#endif
+}
+
 /* This thread's contiguous block [r0, r1) of rows, in or out of a parallel region. */
 static void ce_thread_rows(int64_t rows, int64_t *r0, int64_t *r1)
 {
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const int64_t tid = 0, team = 1;
-#endif
+    int team;
+    const int tid = ce_team(&team);
     *r0 = rows * tid / team;
     *r1 = rows * (tid + 1) / team;
 }
@@ -502,11 +510,8 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int tid = 0, team = 1;
-#endif
+        int team;
+        const int tid = ce_team(&team);
         char *e = J.scratch + (size_t)tid * per_thread;
         if (split) {
             const int64_t c0 = J.chunks * tid / team, c1 = J.chunks * (tid + 1) / team;
@@ -581,11 +586,8 @@ int fusedce_softmax(int dtype, int mode, int64_t rows, int64_t classes, const vo
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-#ifdef _OPENMP
-        char *e = scratch + (size_t)omp_get_thread_num() * scratch_bytes;
-#else
-        char *e = scratch;
-#endif
+        int team;
+        char *e = scratch + (size_t)ce_team(&team) * scratch_bytes;
         int64_t r0, r1;
         ce_thread_rows(rows, &r0, &r1);
         for (int64_t r = r0; r < r1; r++)

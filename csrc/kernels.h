@@ -176,6 +176,10 @@ const ce_isa_table *ce_detected_table(void);
 /* How many threads a call over `elems` elements uses (ce_driver.c): small calls run on one. */
 int ce_threads_for(int64_t elems);
 
+/* This thread's index in its team and the team's size (0 and 1 outside a parallel region or
+ * without OpenMP). */
+int ce_team(int *size);
+
 /* Cache sizes in bytes (dispatch.c), for the driver's split and streaming decisions. */
 int64_t ce_l2_bytes(void);
 int64_t ce_llc_bytes(void);

@@ -8,10 +8,6 @@
 
 #include "kernels.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 static double ce_now(void)
 {
     struct timespec ts;
@@ -61,11 +57,8 @@ int fusedce_roofline(int pattern, const void *src, void *dst, int64_t bytes, int
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : sink)
 #endif
     {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-        const int tid = 0, team = 1;
-#endif
+        int team;
+        const int tid = ce_team(&team);
         int64_t lo, hi;
         ce_roof_range(bytes, tid, team, &lo, &hi);
         if (pattern == FUSEDCE_ROOFLINE_READ) sink += t->roof_read((const char *)src + lo, hi - lo);
