@@ -1,7 +1,8 @@
 #!/bin/sh
 # Cross-compiles the standalone kernel test (tests/c) for AArch64 with the NEON kernels and
 # runs it under qemu-user. Installs Debian's cross compiler and qemu-user when missing.
-# Extra arguments are passed to the test's environment, e.g. FUSEDCE_TEST_EXHAUSTIVE=1.
+# Extra arguments are passed to the test's environment, e.g. FUSEDCE_TEST_EXHAUSTIVE=1. The
+# kernels' output hashes are checked against tests/c/kernel_hashes.txt's aarch64 lines.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -16,4 +17,4 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 CC=aarch64-linux-gnu-gcc CFLAGS="${CFLAGS:--O2 -g}" "$root/tests/c/build.sh" "$out/test_kernels"
-env "$@" qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_kernels"
+env "$@" qemu-aarch64 -L /usr/aarch64-linux-gnu "$out/test_kernels" --check-hashes "$root/tests/c/kernel_hashes.txt"

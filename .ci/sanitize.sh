@@ -4,12 +4,14 @@
 # run under valgrind (a smaller problem; .ci/valgrind.sh is that).
 #
 #   tests/c/test_api.c      the public C API on every ISA, with all of csrc/ (the library)
-#   tests/c/test_kernels.c  the per-ISA row primitives, built by tests/c/build.sh (ce_portable.c
-#                           and the ISA files only), when that driver is there
+#   tests/c/test_kernels.c  the per-ISA row primitives, built by tests/c/build.sh (ce_portable.c,
+#                           the ISA files and dispatch.c); with ASan it also checks every
+#                           primitive's output hash against tests/c/kernel_hashes.txt (too slow
+#                           under valgrind)
 #   tests/c/test_pool.c     the buffer pool (csrc/buffer_pool.c): threads, bounds, fork
 #
-# Each ISA file gets its own flags only, as CMakeLists.txt does. Exit status: non-zero on any
-# build failure, sanitizer report, valgrind error or leak, or failed check.
+# Each ISA file gets its own flags only (csrc/isa_list.h), as CMakeLists.txt does. Exit status:
+# non-zero on any build failure, sanitizer report, valgrind error or leak, or failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +31,7 @@ install_quietly "$CC" gcc
 if [ "$mode" = valgrind ]; then install_quietly valgrind valgrind; fi
 
 if [ "$mode" = asan ]; then
-    cflags="-std=c11 -g -O1 -fno-math-errno -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=all"
+    cflags="-std=c11 -g -O1 -fno-math-errno -ffp-contract=off -fno-omit-frame-pointer -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=all"
     ldflags="-fsanitize=address,undefined -fopenmp"
     export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -38,45 +40,30 @@ if [ "$mode" = asan ]; then
 else
     # valgrind and libgomp's threads are noisy together: no OpenMP here (the pragmas are
     # then plain loops); valgrind's CPU has no AVX-512, so those kernels are skipped.
-    cflags="-std=c11 -g -O1 -fno-math-errno -Wno-unknown-pragmas -Wno-unused-variable"
+    cflags="-std=c11 -g -O1 -fno-math-errno -ffp-contract=off -Wno-unknown-pragmas -Wno-unused-variable"
     ldflags=""
     run=(valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible)
     api_args=(--small)
 fi
 
-# The ISA files of this target that exist (another file may be missing while it is written).
-case $($CC -dumpmachine) in
-x86_64* | amd64*) candidates="avx2 avx512" ;;
-aarch64* | arm64*) candidates="neon" ;;
-*) candidates="" ;;
-esac
-isas=""
-for isa in $candidates; do
-    if [ -f "csrc/ce_$isa.c" ]; then isas="$isas $isa"; else echo "note: csrc/ce_$isa.c missing, $isa not built"; fi
-done
-isas=${isas# }
-
-isa_flags() {
-    case $1 in
-    avx2) echo "-mavx2 -mfma -mf16c" ;;
-    avx512) echo "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c" ;;
-    *) echo "" ;;
-    esac
-}
+# The ISA files of this target, from csrc/isa_list.h (tests/c/isas.sh): "name flags..." lines.
+isa_lines=$(CC=$CC sh tests/c/isas.sh)
+isas=$(echo "$isa_lines" | cut -d' ' -f1 | tr '\n' ' ')
+isas=${isas% }
+all_isas=" $(sh tests/c/isas.sh --all | tr '\n' ' ') "
+isa_flags() { echo "$isa_lines" | awk -v n="$1" '$1 == n { $1 = ""; print }'; }
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-defines=""
-for isa in $isas; do defines="$defines -DFUSEDCE_HAVE_$(echo "$isa" | tr a-z A-Z)"; done
-common="$cflags -Wall -Icsrc -Icsrc/include $defines"
+common="$cflags -Wall -Icsrc -Icsrc/include"
 
 # The library: every csrc/*.c, ISA files with their flags; other targets' ISA files left out.
 objects=()
 for src in csrc/*.c; do
     name=$(basename "$src" .c)
     flags=""
-    case $name in
-    ce_avx2 | ce_avx512 | ce_neon)
+    case $all_isas in
+    *" ${name#ce_} "*)
         case " $isas " in *" ${name#ce_} "*) flags=$(isa_flags "${name#ce_}") ;; *) continue ;; esac
         ;;
     esac
@@ -98,22 +85,12 @@ if [ -f tests/c/test_pool.c ]; then
     "${run[@]}" "$out/test_pool" | tail -n 40 || status=1
 fi
 
-if [ -f tests/c/build.sh ]; then
-    CC=$CC CFLAGS="$cflags" LDFLAGS="$ldflags" ISAS="$isas" sh tests/c/build.sh "$out/test_kernels"
-elif [ -f tests/c/test_kernels.c ]; then
-    kernel_objects=()
-    for isa in portable $isas; do
-        # shellcheck disable=SC2086
-        $CC $common $(isa_flags "$isa") -c "csrc/ce_$isa.c" -o "$out/k_$isa.o"
-        kernel_objects+=("$out/k_$isa.o")
-    done
-    # shellcheck disable=SC2086
-    $CC $common tests/c/test_kernels.c "${kernel_objects[@]}" -o "$out/test_kernels" $ldflags -lm
-fi
+CC=$CC CFLAGS="$cflags" LDFLAGS="$ldflags" ISAS="$isas" sh tests/c/build.sh "$out/test_kernels"
 if [ -x "$out/test_kernels" ]; then
     echo "+ test_kernels ($mode)"
-    if [ "$mode" = valgrind ]; then export FUSEDCE_TEST_SMALL=1; fi
-    "${run[@]}" "$out/test_kernels" | tail -n 40 || status=1
+    kernel_args=(--check-hashes tests/c/kernel_hashes.txt)
+    if [ "$mode" = valgrind ]; then export FUSEDCE_TEST_SMALL=1; kernel_args=(); fi
+    "${run[@]}" "$out/test_kernels" "${kernel_args[@]}" | tail -n 40 || status=1
 fi
 
 if [ "$status" -ne 0 ]; then echo "sanitize ($mode): FAILED"; else echo "sanitize ($mode): ok"; fi

@@ -1,15 +1,17 @@
-/* Microbenchmark of the row primitives of every compiled ISA (one thread), e.g. on x86-64:
+/* Microbenchmark of the row primitives of every compiled ISA (one thread), built with the ISA
+ * files of this machine's architecture (tests/c/isas.sh reads them from csrc/isa_list.h):
  *
- *   f="-O3 -fno-math-errno -Icsrc -Icsrc/include"
- *   cc $f -mavx2 -mfma -mf16c -c csrc/ce_avx2.c -o /tmp/avx2.o
- *   cc $f -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -c csrc/ce_avx512.c -o /tmp/avx512.o
- *   cc $f -DFUSEDCE_HAVE_AVX2 -DFUSEDCE_HAVE_AVX512 bench/c_kernels.c csrc/ce_portable.c \
- *      /tmp/avx2.o /tmp/avx512.o -lm -o /tmp/c_kernels && /tmp/c_kernels [K] [rows]
+ *   f="-O3 -fno-math-errno -ffp-contract=off -Icsrc -Icsrc/include" objs=""
+ *   while read -r isa flags; do cc $f $flags -c csrc/ce_$isa.c -o /tmp/$isa.o; objs="$objs /tmp/$isa.o"
+ *   done <<< "$(sh tests/c/isas.sh)"
+ *   cc $f bench/c_kernels.c csrc/ce_portable.c csrc/dispatch.c $objs -lm -lpthread -o /tmp/c_kernels
+ *   /tmp/c_kernels [K] [rows]
  *
  * 1. In cache: one row of K classes (default 32000), repeated: stats (and with weights and
  *    wsum), grad, shift, stats with softcap, in elements per second.
  * 2. Fused forward + backward over rows x K float32 logits (default 4096 x 32000, 512 MB):
- *    stats then grad per row into a separate gradient, plain or streamed stores.
+ *    stats (keeping the exponentials) then the gradient from them per row (one chunk of K;
+ *    the library cuts rows into chunks) into a separate gradient, plain or streamed stores.
  * Medians of several runs, in this thread's CPU time (the machine is small and shared).
  */
 #define _POSIX_C_SOURCE 199309L
@@ -39,11 +41,11 @@ static int cmp_double(const void *a, const void *b)
 #define RUNS 7
 typedef void (*bench_fn)(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps);
 
+/* g doubles as the exponentials' buffer (8 bytes an element) */
 static void run_stats(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
 {
-    (void)g;
     ce_stats s;
-    for (int r = 0; r < reps; r++) k->stats(x, n, NULL, 0.0, w, w != NULL, &s);
+    for (int r = 0; r < reps; r++) k->stats(x, n, NULL, 0.0, w, w != NULL, g, &s);
 }
 static void run_grad(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
 {
@@ -56,9 +58,8 @@ static void run_shift(const ce_kernels *k, void *x, void *g, void *w, int64_t n,
 }
 static void run_stats_cap(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
 {
-    (void)g;
     ce_stats s;
-    for (int r = 0; r < reps; r++) k->stats(x, n, NULL, 30.0, w, 0, &s);
+    for (int r = 0; r < reps; r++) k->stats(x, n, NULL, 30.0, w, 0, g, &s);
 }
 
 /* Median elements per second of fn over reps calls on n elements. */
@@ -75,32 +76,14 @@ static double rate(bench_fn fn, const ce_kernels *k, void *x, void *g, void *w, 
     return (double)n * reps / t[RUNS / 2];
 }
 
-static const ce_isa_table *tables[] = {
-    &ce_table_portable,
-#if defined(FUSEDCE_HAVE_AVX2)
-    &ce_table_avx2,
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-    &ce_table_avx512,
-#endif
-#if defined(FUSEDCE_HAVE_NEON)
-    &ce_table_neon,
-#endif
-};
-static const char *const isa_names[] = {"portable", "avx2", "avx512", "neon"};
+/* Every ISA of isa_list.h; a NULL table where the build left it out. */
+#define TABLE_ENTRY(ID, name, arch, flags) &ce_table_##name,
+static const ce_isa_table *const tables[] = {&ce_table_portable, CE_ISA_LIST(TABLE_ENTRY)};
+#undef TABLE_ENTRY
+#define N_TABLES (sizeof tables / sizeof tables[0])
 static const char *const dtype_names[] = {"f32", "f64", "f16", "bf16"};
 
-static int isa_runs(int isa)
-{
-#if defined(__x86_64__)
-    if (isa == FUSEDCE_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    if (isa == FUSEDCE_ISA_AVX512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#endif
-    (void)isa;
-    return 1;
-}
+static int isa_runs(const ce_isa_table *t) { return t && ce_cpu_has_isa(t->isa); }
 
 int main(int argc, char **argv)
 {
@@ -124,14 +107,14 @@ int main(int argc, char **argv)
 
     printf("in cache: one row of K=%lld, G elements/s (median of %d)\n", (long long)K, RUNS);
     printf("%-9s %-5s %8s %8s %8s %8s %8s\n", "isa", "dtype", "stats", "stats+w", "grad", "shift", "stats_cap");
-    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
+    for (size_t t = 0; t < N_TABLES; t++) {
         const ce_isa_table *tab = tables[t];
-        if (!isa_runs(tab->isa)) continue;
+        if (!isa_runs(tab)) continue;
         for (int dt = 0; dt < 4; dt++) {
             const ce_kernels *k = &tab->k[dt];
             void *x = x_of[dt];
             void *w = dt == FUSEDCE_F64 ? (void *)xd : (void *)wf;
-            printf("%-9s %-5s %8.2f %8.2f %8.2f %8.2f %8.2f\n", isa_names[tab->isa], dtype_names[dt],
+            printf("%-9s %-5s %8.2f %8.2f %8.2f %8.2f %8.2f\n", fusedce_isa_name(tab->isa), dtype_names[dt],
                    1e-9 * rate(run_stats, k, x, gd, NULL, K, reps),
                    1e-9 * rate(run_stats, k, x, gd, w, K, reps),
                    1e-9 * rate(run_grad, k, x, gd, NULL, K, reps),
@@ -142,15 +125,15 @@ int main(int argc, char **argv)
 
     /* Fused forward + backward, float32, one thread. */
     const size_t bytes = (size_t)rows * (size_t)K * 4;
-    float *X = aligned_alloc(64, bytes), *G = aligned_alloc(64, bytes);
-    if (!X || !G) return 1;
+    float *X = aligned_alloc(64, bytes), *G = aligned_alloc(64, bytes), *E = aligned_alloc(64, (size_t)K * 4);
+    if (!X || !G || !E) return 1;
     for (int64_t i = 0; i < rows * K; i++) X[i] = xf[i % K] + (float)(i / K % 7);
     memset(G, 0, bytes);
     printf("\nfused forward+backward, float32, %lld x %lld, one thread, G elements/s\n",
            (long long)rows, (long long)K);
-    for (size_t t = 0; t < sizeof tables / sizeof tables[0]; t++) {
+    for (size_t t = 0; t < N_TABLES; t++) {
         const ce_isa_table *tab = tables[t];
-        if (!isa_runs(tab->isa)) continue;
+        if (!isa_runs(tab)) continue;
         const ce_kernels *k = &tab->k[FUSEDCE_F32];
         double tt[3];
         for (int stream = 0; stream < 2; stream++) {
@@ -158,16 +141,15 @@ int main(int argc, char **argv)
                 const double t0 = now();
                 for (int64_t r = 0; r < rows; r++) {
                     ce_stats s;
-                    k->stats(X + r * K, K, r + 1 < rows ? X + (r + 1) * K : NULL, 0.0, NULL, 0, &s);
-                    const double a = 1.0 / s.sum;
-                    k->grad(X + r * K, K, r + 1 < rows ? X + (r + 1) * K : NULL, 0.0, NULL, s.max, a, 0.0,
-                            stream, G + r * K);
+                    k->stats(X + r * K, K, r + 1 < rows ? X + (r + 1) * K : NULL, 0.0, NULL, 0, E, &s);
+                    k->grad_exp(E, NULL, K, r + 1 < rows ? X + (r + 1) * K : NULL, NULL, 1.0 / s.sum, 0.0, 0.0,
+                                stream, G + r * K);
                 }
                 if (stream) ce_stream_fence();
                 tt[run] = now() - t0;
             }
             qsort(tt, 3, sizeof tt[0], cmp_double);
-            printf("%-9s stream=%d %8.2f\n", isa_names[tab->isa], stream, 1e-9 * (double)(rows * K) / tt[1]);
+            printf("%-9s stream=%d %8.2f\n", fusedce_isa_name(tab->isa), stream, 1e-9 * (double)(rows * K) / tt[1]);
         }
     }
     /* reference: a plain copy of the logits */

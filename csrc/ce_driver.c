@@ -1,15 +1,22 @@
 /* The cross-entropy semantics on top of the per-ISA row primitives: targets, class weights,
  * label smoothing, z-loss, softcap, ignored rows, and how the rows are spread over threads.
  *
- * Two passes per row (kernels.h): stats (max, sum of exp) and then the gradient with the exp
- * recomputed while the row is still in cache. The target element of the gradient is then
- * rewritten from a double-precision scalar computation, so it never depends on a vector
- * rounding and half-precision gradients get it computed in (at least) float32.
- * Rows go to threads in contiguous blocks; when there are fewer rows than threads, or a row is
- * larger than half the L2, each row is instead cut into one segment per thread and the
- * segments' (max, sum) pairs merged. Each primitive is told which segment its thread reads
- * next, and prefetches it while it computes from cache; gradients larger than the last-level
- * cache go out through streaming stores, fenced once per thread at the end. */
+ * A row is cut into fixed chunks of CE_CHUNK classes. Pass 1 (kernels.h) gives each chunk's
+ * max, its exponentials relative to that max (kept in the thread's scratch) and their sum; the
+ * chunks' statistics are merged in chunk order. Pass 2 writes the gradient from the kept
+ * exponentials (each exp taken once; under a softcap it is taken again, identically), scaled
+ * per chunk. The target element of the gradient is then rewritten from a double-precision
+ * scalar computation, so it never depends on a vector rounding and half-precision gradients get
+ * it computed in (at least) float32.
+ *
+ * Deterministic: a row's results depend on its chunks only, which are the same whether the row
+ * is alone or in a batch of any size and whatever the thread count, so results are bitwise
+ * identical in all those cases (docs/guarantees.md). Rows go to threads in contiguous blocks;
+ * when there are fewer rows than threads, or a row is larger than a quarter of the L2, each row
+ * is instead cut into one run of whole chunks per thread, the chunks' statistics shared and
+ * merged by every thread in the same order. Each primitive is told which segment its thread
+ * reads next, and prefetches it while it computes from cache; gradients larger than the
+ * last-level cache go out through streaming stores, fenced once per thread at the end. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,15 +29,16 @@
 
 /* Below this many elements a call runs on one thread: waking threads costs more. */
 #define CE_MIN_ELEMS_PER_THREAD (1 << 15)
-/* A row is split over threads only if each thread gets at least this many elements. */
-#define CE_MIN_SPLIT_SEGMENT 4096
+/* The unit of a row's statistics: fixed runs of classes, in cache between their two passes. */
+#define CE_CHUNK 8192
+/* A thread keeps its segment's exponentials for pass 2 up to this many bytes (they then stay in
+ * its L2 with the logits); beyond, pass 2 takes each exp again, identically. */
+#define CE_KEEP_EXP_BYTES (1 << 20)
 /* Streaming stores only for rows of at least this many bytes: each streamed row has one line
  * written with ordinary stores (the target's, ce_segment_grad), whose read for ownership holds
  * up the stores behind it. Measured on Zen 5, 2 threads, float32 (32 to 512 MB of gradient):
  * streaming is 18-35 % faster from 8 KB rows up, 20 % slower at 4 KB. */
 #define CE_MIN_STREAM_ROW_BYTES 8192
-/* Segment boundaries of a split row are multiples of this (whole cache lines, whole vectors). */
-#define CE_SPLIT_ALIGN 64
 
 
 static double ce_load(int dtype, const void *p, int64_t i)
@@ -79,12 +87,22 @@ typedef struct ce_job {
     size_t wes;                  /* bytes per class weight: the compute type's */
     double total_weight;         /* W = sum of class weights (K without weights) */
     int stream;                  /* non-temporal gradient stores */
+    int64_t chunks;              /* CE_CHUNK runs per row */
+    char *scratch;               /* per thread: a segment's exponentials (compute type) and,
+                                    for whole rows, the chunks' statistics */
+    size_t scratch_bytes;        /* per thread */
+    size_t exp_bytes;            /* of that, the exponentials' */
+    int grad_from_exp;           /* pass 2 reads pass 1's exponentials (no softcap) */
+    int keep_exp;                /* pass 1 keeps them: there is a pass 2 that reads them */
+    int row_ahead;               /* pass 1 prefetches the next row (it fits in L2 beside this) */
+    int pipeline;                /* whole rows: pass 2 of a row during pass 1 of the next */
 } ce_job;
 
-/* The scalars of one row once its lse is known. */
+/* The scalars of one row once its lse is known: grad_j = ca*p_j - w_j*(bq*q_j + b0) (times
+ * dy_j/dx_j under the softcap), p_j = exp(y_j - lse). */
 typedef struct ce_row_terms {
-    double y_t, lse, shift;
-    double a, bq, b0;            /* the grad primitives' factors */
+    double y_t, lse;
+    double ca, bq, b0;
     double target_extra;         /* class targets: subtracted at the target, scale*(1-e)*w_t */
     double deriv_t;              /* class targets: dy_t/dx_t under the softcap (else 1) */
 } ce_row_terms;
@@ -104,7 +122,8 @@ static double ce_target_y(const ce_job *J, const char *x_row, int64_t t, double 
     *deriv_t = 4.0 * e / ((1.0 + e) * (1.0 + e));
     if (isnan(x_t)) return x_t;
     ce_stats one;
-    J->k->stats(x_row + (size_t)t * J->es, 1, NULL, J->a->softcap, NULL, 0, &one);
+    double scratch[2];
+    J->k->stats(x_row + (size_t)t * J->es, 1, NULL, J->a->softcap, NULL, 0, scratch, &one);
     return one.max;
 }
 
@@ -128,53 +147,87 @@ static size_t ce_offset(const ce_job *J, int64_t r, int64_t lo)
     return ((size_t)r * (size_t)J->a->classes + (size_t)lo) * J->es;
 }
 
-/* The same segment of the row this thread does next (next_r; -1: none), for the prefetch. */
-static const char *ce_next_segment(const ce_job *J, int64_t next_r, int64_t lo)
+/* Classes [lo, hi) of chunk c. */
+static int64_t ce_chunk_lo(int64_t c) { return c * CE_CHUNK; }
+static int64_t ce_chunk_hi(const ce_job *J, int64_t c)
 {
-    return next_r < 0 ? NULL : (const char *)J->a->logits + ce_offset(J, next_r, lo);
+    return c + 1 < J->chunks ? (c + 1) * CE_CHUNK : J->a->classes;
 }
 
-/* Pass 1 over the segment [lo, hi) of row r. */
-static void ce_segment_stats(const ce_job *J, int64_t r, int64_t next_r, int64_t lo, int64_t hi, ce_stats *st)
+/* Pass 1 over chunks [c0, c1) of row r: their statistics into st[c0..c1), their exponentials
+ * into e (from chunk c0's first class on). While a chunk computes, what this thread reads
+ * next is prefetched. */
+static void ce_chunks_stats(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, char *e,
+                            ce_stats *st)
 {
     const fusedce_ce_args *a = J->a;
-    const size_t off = ce_offset(J, r, lo);
-    const char *x = (const char *)a->logits + off;
     const int want_wsum = a->loss && a->label_smoothing > 0;
-    if (a->target_probs)
-        J->stats_soft(x, (const char *)a->target_probs + off, hi - lo, a->softcap, ce_weight_from(J, lo),
-                      want_wsum, st);
-    else
-        J->k->stats(x, hi - lo, ce_next_segment(J, next_r, lo), a->softcap, ce_weight_from(J, lo), want_wsum,
-                    st);
+    for (int64_t c = c0; c < c1; c++) {
+        const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
+        const size_t off = ce_offset(J, r, lo);
+        const char *x = (const char *)a->logits + off;
+        /* the same chunk of the next row where that fits in L2 beside this one (the memory
+         * stream then runs while this row computes and pass 2 only writes), else the next
+         * chunk of this row */
+        const char *next = J->row_ahead && next_r >= 0 ? (const char *)a->logits + ce_offset(J, next_r, lo)
+                           : c + 1 < c1                ? x + (size_t)(hi - lo) * J->es
+                           : next_r >= 0               ? (const char *)a->logits + ce_offset(J, next_r, ce_chunk_lo(c0))
+                                                       : NULL;
+        /* the exponentials: kept for pass 2, or (softcap) scratch for the capped logits */
+        char *ec = J->keep_exp ? e + (size_t)(lo - ce_chunk_lo(c0)) * J->wes : a->softcap > 0 ? e : NULL;
+        if (a->target_probs)
+            J->stats_soft(x, (const char *)a->target_probs + off, hi - lo, a->softcap, ce_weight_from(J, lo),
+                          want_wsum, ec, &st[c]);
+        else
+            J->k->stats(x, hi - lo, next, a->softcap, ce_weight_from(J, lo), want_wsum, ec, &st[c]);
+    }
 }
 
-/* The gradient primitive over [lo, hi) of row r, streamed or not. */
-static void ce_grad_piece(const ce_job *J, int64_t r, int64_t next_r, int64_t lo, int64_t hi, int stream,
-                          const ce_row_terms *T)
+/* A row's statistics from its chunks', merged in chunk order: the same arithmetic whatever the
+ * split. Each chunk's weighted sums move from its own reference to the row's. */
+static void ce_merge_chunks(const ce_stats *st, int64_t chunks, ce_stats *row)
+{
+    *row = (ce_stats){-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int64_t c = 0; c < chunks; c++) ce_merge(&row->max, &row->sum, st[c].max, st[c].sum);
+    for (int64_t c = 0; c < chunks; c++) {
+        const double move = ce_stats_ref(st[c].max) - ce_stats_ref(row->max);
+        row->wtotal += st[c].wtotal;
+        row->wsum += st[c].wsum + move * st[c].wtotal;
+        row->qsum += st[c].qsum;
+        row->qysum += st[c].qysum + move * st[c].qsum;
+    }
+}
+
+/* The gradient over [lo, hi) of row r, streamed or not: from the exponentials e (relative to
+ * shift) where given, else from the logits; a multiplies exp(y - shift). */
+static void ce_grad_piece(const ce_job *J, int64_t r, const char *next, int64_t lo, int64_t hi, int stream,
+                          double shift, double a, const char *e, const ce_row_terms *T)
 {
     if (hi <= lo) return;
-    const fusedce_ce_args *a = J->a;
+    const fusedce_ce_args *a_ = J->a;
     const size_t off = ce_offset(J, r, lo);
-    const char *x = (const char *)a->logits + off;
-    char *g = (char *)a->grad + off;
-    if (a->target_probs)
-        J->grad_soft(x, (const char *)a->target_probs + off, hi - lo, a->softcap, ce_weight_from(J, lo),
-                     T->shift, T->a, T->bq, T->b0, stream, g);
-    else /* the class weights enter only where smoothing spreads them */
-        J->k->grad(x, hi - lo, ce_next_segment(J, next_r, lo), a->softcap,
-                   T->b0 != 0 ? ce_weight_from(J, lo) : NULL, T->shift, T->a, T->b0, stream, g);
+    const char *x = (const char *)a_->logits + off;
+    const char *q = a_->target_probs ? (const char *)a_->target_probs + off : NULL;
+    char *g = (char *)a_->grad + off;
+    /* the class weights enter hard targets' gradients only where smoothing spreads them */
+    const void *w = q || T->b0 != 0 ? ce_weight_from(J, lo) : NULL;
+    if (e)
+        J->k->grad_exp(e, q, hi - lo, next, w, a, T->bq, T->b0, stream, g);
+    else if (q)
+        J->grad_soft(x, q, hi - lo, a_->softcap, w, shift, a, T->bq, T->b0, stream, g);
+    else
+        J->k->grad(x, hi - lo, next, a_->softcap, w, shift, a, T->b0, stream, g);
 }
 
-/* Pass 2 over the segment [lo, hi) of row r; t: the class whose element ce_write_target_grad
- * rewrites afterwards, or -1. With streaming stores, the 64-byte line holding t is written
- * with ordinary stores: rewriting one element of a line just streamed to memory would read
- * the whole line back (a stall per row that costs more than short rows take). */
-static void ce_segment_grad(const ce_job *J, int64_t r, int64_t next_r, int64_t lo, int64_t hi, int64_t t,
-                            const ce_row_terms *T)
+/* The gradient over [lo, hi) of row r; t: the class whose element ce_write_target_grad rewrites
+ * afterwards, or -1. With streaming stores, the 64-byte line holding t is written with ordinary
+ * stores: rewriting one element of a line just streamed to memory would read the whole line
+ * back (a stall per row that costs more than short rows take). */
+static void ce_segment_grad(const ce_job *J, int64_t r, const char *next, int64_t lo, int64_t hi, int64_t t,
+                            double shift, double a, const char *e, const ce_row_terms *T)
 {
     if (!J->stream || t < lo || t >= hi) {
-        ce_grad_piece(J, r, next_r, lo, hi, J->stream, T);
+        ce_grad_piece(J, r, next, lo, hi, J->stream, shift, a, e, T);
         return;
     }
     const int64_t per_line = 64 / (int64_t)J->es;
@@ -182,20 +235,38 @@ static void ce_segment_grad(const ce_job *J, int64_t r, int64_t next_r, int64_t 
     int64_t line_lo = t - (int64_t)((t_addr & 63) / J->es), line_hi = line_lo + per_line;
     line_lo = line_lo < lo ? lo : line_lo;
     line_hi = line_hi > hi ? hi : line_hi;
-    ce_grad_piece(J, r, next_r, lo, line_lo, 1, T);
-    ce_grad_piece(J, r, next_r, line_lo, line_hi, 0, T);
-    ce_grad_piece(J, r, next_r, line_hi, hi, 1, T);
+#define CE_E_AT(i) (e ? e + (size_t)((i) - lo) * J->wes : NULL)
+    ce_grad_piece(J, r, next, lo, line_lo, 1, shift, a, CE_E_AT(lo), T);
+    ce_grad_piece(J, r, next, line_lo, line_hi, 0, shift, a, CE_E_AT(line_lo), T);
+    ce_grad_piece(J, r, next, line_hi, hi, 1, shift, a, CE_E_AT(line_hi), T);
+#undef CE_E_AT
+}
+
+/* Pass 2 over chunks [c0, c1) of row r, each scaled by its own max: p_j = e_j * exp(m_c - lse).
+ * The chunk's gradient comes from its kept exponentials e, or (softcap) from the logits with the
+ * same exp taken again. Where pass 1 has not brought the next row in already, its same classes
+ * are prefetched while this one writes. */
+static void ce_chunks_grad(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, const char *e,
+                           const ce_stats *st, int64_t t, const ce_row_terms *T)
+{
+    for (int64_t c = c0; c < c1; c++) {
+        const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
+        const double ref = st[c].max == -INFINITY ? 0.0 : st[c].max; /* what e is relative to */
+        const char *ec = J->grad_from_exp ? e + (size_t)(lo - ce_chunk_lo(c0)) * J->wes : NULL;
+        const char *next = !J->row_ahead && next_r >= 0 ? (const char *)J->a->logits + ce_offset(J, next_r, lo) : NULL;
+        ce_segment_grad(J, r, next, lo, hi, t, ref, T->ca * exp(ref - T->lse), ec, T);
+    }
 }
 
 /* The row's loss (into *loss_out when non-NULL) and its gradient factors, from the merged
  * pass-1 statistics. t, y_t and deriv_t: class targets only (read before any gradient store). */
 static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, double deriv_t, double lse,
-                             double shift, const ce_stats *st, double *loss_out)
+                             const ce_stats *st, double *loss_out)
 {
     const fusedce_ce_args *a = J->a;
     const double e = a->label_smoothing, K = (double)a->classes, z = a->z_loss;
     const double scale = a->grad_scale ? a->grad_scale[r] : a->grad_scale_all;
-    ce_row_terms T = {y_t, lse, shift, 0, 0, 0, 0, deriv_t};
+    ce_row_terms T = {y_t, lse, 0, 0, 0, 0, deriv_t};
     /* The pass-1 sums are relative to ref (kernels.h): sum f*(lse - y) = F*(lse - ref) - sum f*(y - ref),
      * a difference of terms no larger than the row's spread, however large the logits. */
     const double d = lse - ce_stats_ref(st->max);
@@ -216,122 +287,147 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
         T.target_extra = scale * (1.0 - e) * w_t;
     }
     if (loss_out) *loss_out = loss;
-    /* p_j = exp(y_j - lse) = exp(y_j - shift) * exp(shift - lse); the second factor in double. */
-    T.a = scale * c * exp(shift - lse);
+    T.ca = scale * c;
     T.b0 = scale * e / K;
     return T;
 }
 
 static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t r, int64_t t)
 {
-    const double p_t = exp(T->y_t - T->shift);
+    const double p_t = exp(T->y_t - T->lse);
     const double w_t = ce_weight_at(J->dtype, J->a->weight, t);
-    const double g = (T->a * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t;
+    const double g = (T->ca * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t;
     ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, t, g);
 }
 
-/* lse and the pass-2 shift of a row with no pass 1 (backward given lse_in). */
-static void ce_lse_from_input(const ce_job *J, int64_t r, double *lse, double *shift)
+/* The gradient of a row with no pass 1 (backward given lse_in) over [lo, hi): from the logits,
+ * relative to the lse rounded to the compute type (exactly representable). */
+static void ce_grad_from_lse(const ce_job *J, int64_t r, int64_t next_r, int64_t lo, int64_t hi, int64_t t,
+                             const ce_row_terms *T)
 {
-    *lse = J->a->lse_in[r];
-    *shift = isfinite(*lse) ? ce_to_compute(J->dtype, *lse) : *lse;
+    const double shift = isfinite(T->lse) ? ce_to_compute(J->dtype, T->lse) : T->lse;
+    const char *next = next_r >= 0 ? (const char *)J->a->logits + ce_offset(J, next_r, lo) : NULL;
+    ce_segment_grad(J, r, next, lo, hi, t, shift, T->ca * exp(shift - T->lse), NULL, T);
 }
 
-/* Row r on its own; next_r: the row this thread does next, or -1. */
-static void ce_one_row(const ce_job *J, int64_t r, int64_t next_r)
+/* A whole row whose gradient is still to be written: pass 2 of row r runs during pass 1 of the
+ * thread's next row (ce_stats_grad), so that its stores drain while that row's exps compute. */
+typedef struct ce_pending {
+    int64_t r, t; /* t: the class whose element ce_write_target_grad rewrites, or -1 */
+    ce_row_terms T;
+    const char *e;
+    const ce_stats *st;
+    int pending;
+} ce_pending;
+
+/* Row p->r's gradient on its own (the thread's last row, or before a row without pass 1). */
+static void ce_pending_flush(const ce_job *J, ce_pending *p)
 {
-    const fusedce_ce_args *a = J->a;
-    const int64_t K = a->classes;
-    const int64_t t = a->target_probs ? 0 : ce_target_at(a, r);
-    const int counted = a->target_probs || t != a->ignore_index;
-    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0};
-    double lse = 0.0, shift = 0.0;
-    if (ce_needs_stats(J, counted)) {
-        ce_segment_stats(J, r, next_r, 0, K, &st);
-        lse = st.max + log(st.sum);
-        shift = st.max;
-        if (a->lse_out) a->lse_out[r] = lse;
-    } else if (counted) {
-        ce_lse_from_input(J, r, &lse, &shift);
-    }
-    if (!counted) {
-        if (a->loss) a->loss[r] = 0.0;
-        if (a->grad) memset((char *)a->grad + (size_t)r * (size_t)K * J->es, 0, (size_t)K * J->es);
-        return;
-    }
-    const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
-    double deriv_t = 1.0;
-    const double y_t = a->target_probs ? 0.0 : ce_target_y(J, x_row, t, &deriv_t);
-    const ce_row_terms T = ce_terms(J, r, t, y_t, deriv_t, lse, shift, &st, a->loss ? a->loss + r : NULL);
-    if (a->grad) {
-        ce_segment_grad(J, r, next_r, 0, K, a->target_probs ? -1 : t, &T);
-        if (!a->target_probs) ce_write_target_grad(J, &T, r, t);
-    }
+    if (!p->pending) return;
+    ce_chunks_grad(J, p->r, -1, 0, J->chunks, p->e, p->st, p->t, &p->T);
+    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
+    p->pending = 0;
 }
 
-/* One row cut into nt segments, run by thread `tid` of a team of nt; `parts` holds 2*nt stats
- * (double-buffered by row parity so a fast thread cannot overwrite what a slow one merges). */
-static void ce_split_row(const ce_job *J, int64_t r, int tid, int nt, ce_stats *parts)
+/* Pass 1 over all chunks of row r with the pending row's pass 2 alongside, chunk by chunk. */
+static void ce_chunks_stats_grad(const ce_job *J, int64_t r, int64_t next_r, char *e, ce_stats *st, ce_pending *p)
 {
     const fusedce_ce_args *a = J->a;
-    const int64_t K = a->classes;
+    const int want_wsum = a->loss && a->label_smoothing > 0;
+    for (int64_t c = 0; c < J->chunks; c++) {
+        const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
+        const char *x = (const char *)a->logits + ce_offset(J, r, lo);
+        const char *next = J->row_ahead && next_r >= 0 ? (const char *)a->logits + ce_offset(J, next_r, lo)
+                           : c + 1 < J->chunks        ? x + (size_t)(hi - lo) * J->es
+                                                      : NULL;
+        const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
+        char *g = (char *)a->grad + ce_offset(J, p->r, lo);
+        /* ordinary stores over the line of the pending row's target, which it rewrites */
+        int64_t plo = 0, phi = 0;
+        if (J->stream && p->t >= lo && p->t < hi) {
+            plo = p->t - lo - (int64_t)(((uintptr_t)a->grad + ce_offset(J, p->r, p->t)) & 63) / (int64_t)J->es;
+            phi = plo + 64 / (int64_t)J->es;
+        }
+        J->k->stats_grad(x, hi - lo, next, ce_weight_from(J, lo), want_wsum, e + (size_t)lo * J->wes, &st[c],
+                         p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
+                         p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, plo, phi, g);
+    }
+    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
+    p->pending = 0;
+}
+
+/* Row r's chunks [c0, c1) on this thread, a whole row (split = 0: its chunk statistics in
+ * `st`) or its share of a split one (the chunks' statistics shared in st, merged after a
+ * barrier by every thread alike). e: this thread's scratch. The loss and the class target's
+ * gradient element belong to the thread whose chunks hold the target (thread 0 for soft
+ * targets), which reads y_t before any store. */
+static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, int first,
+                          int split, char *e, ce_stats *st, ce_pending *pend)
+{
+    const fusedce_ce_args *a = J->a;
+    const int64_t K = a->classes, lo = ce_chunk_lo(c0), hi = c1 < J->chunks ? ce_chunk_lo(c1) : K;
     const int64_t t = a->target_probs ? 0 : ce_target_at(a, r);
     const int counted = a->target_probs || t != a->ignore_index;
-    const int64_t lo = (K * tid / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
-    const int64_t hi = tid == nt - 1 ? K : (K * (tid + 1) / nt) / CE_SPLIT_ALIGN * CE_SPLIT_ALIGN;
-    /* The loss and the class target's gradient element belong to one thread: the owner of the
-     * target's segment (thread 0 for soft targets). It reads y_t before any store. */
-    const int owner = a->target_probs ? tid == 0 : (counted && t >= lo && t < hi);
+    const int owner = a->target_probs ? first : (counted && t >= lo && t < hi);
     const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
     double deriv_t = 1.0;
     const double y_t = owner && !a->target_probs ? ce_target_y(J, x_row, t, &deriv_t) : 0.0;
-    ce_stats *mine = parts + (r & 1) * nt;
     const int need_stats = ce_needs_stats(J, counted);
-    const int64_t next_r = r + 1 < a->rows ? r + 1 : -1;
-    if (need_stats) ce_segment_stats(J, r, next_r, lo, hi, &mine[tid]);
-    /* One barrier per row, stats or not, keeps the parity double-buffering safe. */
+    if (pend && pend->pending && need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
+    else {
+        if (pend) ce_pending_flush(J, pend);
+        if (need_stats) ce_chunks_stats(J, r, next_r, c0, c1, e, st);
+    }
 #ifdef _OPENMP
+    /* One barrier per split row, stats or not, keeps the parity double-buffering safe. */
+    if (split) {
 #pragma omp barrier
+    }
 #endif
-    ce_stats st = {-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0};
-    double lse = 0.0, shift = 0.0;
+    ce_stats row = {-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0};
+    double lse = 0.0;
     if (need_stats) {
-        for (int i = 0; i < nt; i++) ce_merge(&st.max, &st.sum, mine[i].max, mine[i].sum);
-        /* each segment's weighted sums move from its own ref to the row's */
-        for (int i = 0; i < nt; i++) {
-            const double move = ce_stats_ref(mine[i].max) - ce_stats_ref(st.max);
-            st.wtotal += mine[i].wtotal;
-            st.wsum += mine[i].wsum + move * mine[i].wtotal;
-            st.qsum += mine[i].qsum;
-            st.qysum += mine[i].qysum + move * mine[i].qsum;
-        }
-        lse = st.max + log(st.sum);
-        shift = st.max;
-        if (a->lse_out && tid == 0) a->lse_out[r] = lse;
+        ce_merge_chunks(st, J->chunks, &row);
+        lse = row.max + log(row.sum);
+        if (a->lse_out && first) a->lse_out[r] = lse;
     } else if (counted) {
-        ce_lse_from_input(J, r, &lse, &shift);
+        lse = a->lse_in[r];
     }
     if (!counted) {
-        if (a->loss && tid == 0) a->loss[r] = 0.0;
-        if (a->grad) memset((char *)a->grad + ((size_t)r * (size_t)K + (size_t)lo) * J->es, 0, (size_t)(hi - lo) * J->es);
+        if (a->loss && first) a->loss[r] = 0.0;
+        if (a->grad) memset((char *)a->grad + ce_offset(J, r, lo), 0, (size_t)(hi - lo) * J->es);
         return;
     }
     const ce_row_terms T =
-        ce_terms(J, r, t, y_t, deriv_t, lse, shift, &st, owner && a->loss ? a->loss + r : NULL);
+        ce_terms(J, r, t, y_t, deriv_t, lse, &row, owner && a->loss ? a->loss + r : NULL);
     if (a->grad) {
-        ce_segment_grad(J, r, next_r, lo, hi, owner && !a->target_probs ? t : -1, &T);
-        if (owner && !a->target_probs) ce_write_target_grad(J, &T, r, t);
+        const int64_t t_here = owner && !a->target_probs ? t : -1;
+        if (pend && need_stats) { /* written during the next row's pass 1 */
+            *pend = (ce_pending){r, t_here, T, e, st, 1};
+            return;
+        }
+        if (need_stats) ce_chunks_grad(J, r, next_r, c0, c1, e, st, t_here, &T);
+        else ce_grad_from_lse(J, r, next_r, lo, hi, t_here, &T);
+        if (t_here >= 0) ce_write_target_grad(J, &T, r, t);
     }
+}
+
+int ce_team(int *size)
+{
+#ifdef _OPENMP
+    *size = omp_get_num_threads();
+    return omp_get_thread_num();
+#else
+    *size = 1;
+    return 0;
+#endif
 }
 
 /* This thread's contiguous block [r0, r1) of rows, in or out of a parallel region. */
 static void ce_thread_rows(int64_t rows, int64_t *r0, int64_t *r1)
 {
-#ifdef _OPENMP
-    const int64_t tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-    const int64_t tid = 0, team = 1;
-#endif
+    int team;
+    const int tid = ce_team(&team);
     *r0 = rows * tid / team;
     *r1 = rows * (tid + 1) / team;
 }
@@ -385,36 +481,59 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     const double grad_bytes = (double)rows * (double)K * (double)J.es;
     J.stream = a->grad && a->grad != a->logits && grad_bytes > (double)ce_llc_bytes() &&
                K * (int64_t)J.es >= CE_MIN_STREAM_ROW_BYTES;
+    J.chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
     const int nt = ce_threads_for(rows * K);
-    const int split = nt > 1 && K / nt >= CE_MIN_SPLIT_SEGMENT &&
-                      (rows < nt || (int64_t)(K * J.es) > ce_l2_bytes() / 2);
-    if (split) {
-        ce_stats *parts = (ce_stats *)calloc((size_t)nt * 2, sizeof(ce_stats));
-        if (!parts) return FUSEDCE_EINVAL;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-        {
-#ifdef _OPENMP
-            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-#else
-            const int tid = 0, team = 1;
-#endif
-            for (int64_t r = 0; r < rows; r++) ce_split_row(&J, r, tid, team, parts);
-            if (J.stream) ce_stream_fence();
-        }
-        free(parts);
-    } else {
+    /* Split rows over threads (whole chunks each) when there are fewer rows than threads, or
+     * when a row and its exponentials would not stay in a core's L2 between the passes. */
+    const int split = nt > 1 && J.chunks >= nt &&
+                      (rows < nt || (int64_t)(K * (J.es + J.wes)) > ce_l2_bytes() / 2);
+    const int64_t seg_chunks = split ? (J.chunks + nt - 1) / nt : J.chunks; /* at most, per thread */
+    J.grad_from_exp = !(a->softcap > 0) && (size_t)(seg_chunks * CE_CHUNK) * J.wes <= CE_KEEP_EXP_BYTES;
+    J.keep_exp = J.grad_from_exp && a->grad;
+    const int64_t seg = seg_chunks * CE_CHUNK < K ? seg_chunks * CE_CHUNK : K;
+    J.row_ahead = seg * (int64_t)(2 * J.es + J.wes) <= ce_l2_bytes() / 2;
+    J.exp_bytes = ((size_t)((J.grad_from_exp ? seg_chunks : 1) * CE_CHUNK) * J.wes + 63) / 64 * 64;
+    /* the pipeline holds two rows' exponentials: only where they stay in L2 with the logits */
+    J.pipeline = !split && J.keep_exp && !a->target_probs && J.k->stats_grad && !a->lse_in &&
+                 K * (int64_t)(J.es + 2 * J.wes) <= ce_l2_bytes() / 2;
+    /* per thread: exponentials and chunk statistics, twice with the pipeline */
+    J.scratch_bytes = (J.exp_bytes + (split ? 0 : (size_t)J.chunks * sizeof(ce_stats)) + 63) / 64 * 64;
+    /* split rows' chunk statistics: shared, double-buffered by row parity */
+    ce_stats *shared = split ? (ce_stats *)calloc((size_t)J.chunks * 2, sizeof(ce_stats)) : NULL;
+    const size_t per_thread = J.scratch_bytes * (J.pipeline ? 2 : 1);
+    J.scratch = (char *)aligned_alloc(64, per_thread * (size_t)nt);
+    if (!J.scratch || (split && !shared)) {
+        free(J.scratch), free(shared);
+        return FUSEDCE_EINVAL;
+    }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
-        {
+    {
+        int team;
+        const int tid = ce_team(&team);
+        char *e = J.scratch + (size_t)tid * per_thread;
+        if (split) {
+            const int64_t c0 = J.chunks * tid / team, c1 = J.chunks * (tid + 1) / team;
+            for (int64_t r = 0; r < rows; r++)
+                ce_row_chunks(&J, r, r + 1 < rows ? r + 1 : -1, c0, c1, tid == 0, 1, e,
+                              shared + (r & 1) * J.chunks, NULL);
+        } else {
             int64_t r0, r1;
             ce_thread_rows(rows, &r0, &r1);
-            for (int64_t r = r0; r < r1; r++) ce_one_row(&J, r, r + 1 < r1 ? r + 1 : -1);
-            if (J.stream) ce_stream_fence();
+            ce_pending pend = {0, 0, {0}, NULL, NULL, 0};
+            for (int64_t r = r0; r < r1; r++) {
+                /* with the pipeline, rows alternate between the two halves of the scratch */
+                char *er = e + (J.pipeline ? (size_t)(r & 1) * J.scratch_bytes : 0);
+                ce_row_chunks(&J, r, r + 1 < r1 ? r + 1 : -1, 0, J.chunks, 1, 0, er, (ce_stats *)(er + J.exp_bytes),
+                              J.pipeline ? &pend : NULL);
+            }
+            ce_pending_flush(&J, &pend);
         }
+        if (J.stream) ce_stream_fence();
     }
+    free(J.scratch);
+    free(shared);
     return FUSEDCE_OK;
 }
 
@@ -423,16 +542,31 @@ int fusedce_ce_f64(const fusedce_ce_args *a) { return ce_run(FUSEDCE_F64, a); }
 int fusedce_ce_f16(const fusedce_ce_args *a) { return ce_run(FUSEDCE_F16, a); }
 int fusedce_ce_bf16(const fusedce_ce_args *a) { return ce_run(FUSEDCE_BF16, a); }
 
-/* next: the row read after this one, or NULL (prefetched). */
-static void ce_softmax_row(const ce_kernels *k, int mode, const char *x, const char *next, int64_t K, char *o,
-                           double *lse_out)
+/* One row of the softmax family from its chunks, as the cross-entropy's (e, st: scratch for
+ * the row's exponentials and chunk statistics); next: the row read after this one, or NULL. */
+static void ce_softmax_row(const ce_kernels *k, int dtype, int mode, const char *x, const char *next, int64_t K,
+                           char *o, double *lse_out, char *e, ce_stats *st)
 {
-    ce_stats st;
-    k->stats(x, K, next, 0.0, NULL, 0, &st);
-    const double log_s = log(st.sum);
-    if (lse_out) *lse_out = st.max + log_s;
-    if (mode == FUSEDCE_SOFTMAX) k->grad(x, K, next, 0.0, NULL, st.max, 1.0 / st.sum, 0.0, 0, o);
-    else if (mode == FUSEDCE_LOG_SOFTMAX) k->shift(x, K, st.max, log_s, o);
+    const size_t es = ce_elsize(dtype), wes = ce_compute_size(dtype);
+    const int64_t chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
+    for (int64_t c = 0; c < chunks; c++) {
+        const int64_t lo = c * CE_CHUNK, n = c + 1 < chunks ? CE_CHUNK : K - lo;
+        const char *pf = c + 1 < chunks ? x + (size_t)(lo + n) * es : next;
+        k->stats(x + (size_t)lo * es, n, pf, 0.0, NULL, 0, e + (size_t)lo * wes, &st[c]);
+    }
+    ce_stats row;
+    ce_merge_chunks(st, chunks, &row);
+    const double log_s = log(row.sum), lse = row.max + log_s;
+    if (lse_out) *lse_out = lse;
+    if (mode == FUSEDCE_SOFTMAX) {
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t lo = c * CE_CHUNK, n = c + 1 < chunks ? CE_CHUNK : K - lo;
+            const double ref = st[c].max == -INFINITY ? 0.0 : st[c].max;
+            k->grad_exp(e + (size_t)lo * wes, NULL, n, NULL, NULL, exp(ref - lse), 0.0, 0.0, 0, o + (size_t)lo * es);
+        }
+    } else if (mode == FUSEDCE_LOG_SOFTMAX) {
+        k->shift(x, K, row.max, log_s, o);
+    }
 }
 
 int fusedce_softmax(int dtype, int mode, int64_t rows, int64_t classes, const void *x, void *out, double *lse_out)
@@ -443,16 +577,25 @@ int fusedce_softmax(int dtype, int mode, int64_t rows, int64_t classes, const vo
     const ce_kernels *k = &ce_active_table()->k[dtype];
     const size_t row_bytes = (size_t)classes * ce_elsize(dtype);
     const int nt = ce_threads_for(rows * classes);
+    const int64_t chunks = (classes + CE_CHUNK - 1) / CE_CHUNK;
+    const size_t exp_bytes = ((size_t)(chunks * CE_CHUNK) * ce_compute_size(dtype) + 63) / 64 * 64;
+    const size_t scratch_bytes = (exp_bytes + (size_t)chunks * sizeof(ce_stats) + 63) / 64 * 64;
+    char *scratch = rows > 0 ? (char *)aligned_alloc(64, scratch_bytes * (size_t)nt) : NULL;
+    if (rows > 0 && !scratch) return FUSEDCE_EINVAL;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
+        int team;
+        char *e = scratch + (size_t)ce_team(&team) * scratch_bytes;
         int64_t r0, r1;
         ce_thread_rows(rows, &r0, &r1);
         for (int64_t r = r0; r < r1; r++)
-            ce_softmax_row(k, mode, (const char *)x + (size_t)r * row_bytes,
+            ce_softmax_row(k, dtype, mode, (const char *)x + (size_t)r * row_bytes,
                            r + 1 < r1 ? (const char *)x + (size_t)(r + 1) * row_bytes : NULL, classes,
-                           out ? (char *)out + (size_t)r * row_bytes : NULL, lse_out ? lse_out + r : NULL);
+                           out ? (char *)out + (size_t)r * row_bytes : NULL, lse_out ? lse_out + r : NULL, e,
+                           (ce_stats *)(e + exp_bytes));
     }
+    free(scratch);
     return FUSEDCE_OK;
 }

@@ -2,6 +2,7 @@
  * float32 and the half types compute in float (expf/tanhf), float64 in double. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -119,18 +120,38 @@ static void vexp_f64_portable(const double *x, int64_t n, double *y)
     for (int64_t i = 0; i < n; i++) y[i] = exp(x[i]);
 }
 
+static double roof_read_portable(const void *src, int64_t bytes)
+{
+    const unsigned char *p = (const unsigned char *)src;
+    uint64_t acc = 0;
+    for (int64_t i = 0; i < bytes; i++) acc += p[i];
+    return (double)acc;
+}
+
+static void roof_copy_portable(const void *src, void *dst, int64_t bytes)
+{
+    memcpy(dst, src, (size_t)bytes);
+}
+
 const ce_isa_table ce_table_portable = {
     FUSEDCE_ISA_PORTABLE,
     {
         [FUSEDCE_F32] = {ce_stats_f32_portable, ce_grad_f32_portable, ce_shift_f32_portable,
-                          ce_stats_soft_f32_portable, ce_grad_soft_f32_portable, bce_f32_portable},
+                          ce_stats_soft_f32_portable, ce_grad_soft_f32_portable, bce_f32_portable,
+                          ce_grad_exp_f32_portable},
         [FUSEDCE_F64] = {ce_stats_f64_portable, ce_grad_f64_portable, ce_shift_f64_portable,
-                          ce_stats_soft_f64_portable, ce_grad_soft_f64_portable, bce_f64_portable},
+                          ce_stats_soft_f64_portable, ce_grad_soft_f64_portable, bce_f64_portable,
+                          ce_grad_exp_f64_portable},
         [FUSEDCE_F16] = {ce_stats_f16_portable, ce_grad_f16_portable, ce_shift_f16_portable,
-                          ce_stats_soft_f16_portable, ce_grad_soft_f16_portable, bce_f16_portable},
+                          ce_stats_soft_f16_portable, ce_grad_soft_f16_portable, bce_f16_portable,
+                          ce_grad_exp_f16_portable},
         [FUSEDCE_BF16] = {ce_stats_bf16_portable, ce_grad_bf16_portable, ce_shift_bf16_portable,
-                          ce_stats_soft_bf16_portable, ce_grad_soft_bf16_portable, bce_bf16_portable},
+                          ce_stats_soft_bf16_portable, ce_grad_soft_bf16_portable, bce_bf16_portable,
+                          ce_grad_exp_bf16_portable},
     },
     vexp_f32_portable,
     vexp_f64_portable,
+    vexp_f32_portable,
+    roof_read_portable,
+    roof_copy_portable,
 };

@@ -33,37 +33,54 @@ static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap
 }
 
 static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *next, double softcap,
-                            const void *wv, int want_wsum, ce_stats *out)
+                            const void *wv, int want_wsum, void *ev, ce_stats *out)
 {
     (void)next; /* the portable path leaves prefetching to the hardware */
     const T *x = (const T *)xv;
     const C *w = (const C *)wv;
+    C *e = (C *)ev;
     const C cap = (C)softcap, inv_cap = softcap > 0 ? (C)(1.0 / softcap) : (C)0;
-    double m = -INFINITY, s = 0.0;
-    C y[CE_BLOCK];
+    /* the max of y = cap(x), NaNs skipped */
+    C m = (C)-INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        C v = LOAD(x + j);
+        if (softcap > 0) v = cap * TANH(v * inv_cap);
+        if (v > m) m = v;
+    }
+    /* the exponentials relative to it (to 0 when it is -inf: they are 0, or NaN), kept where e
+     * is given, and their sum: blocks summed in the compute type, then in double */
+    const C ref = m == (C)-INFINITY ? (C)0 : m;
+    double s = 0.0;
     for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
-        const int nb = (int)(n - i0 < CE_BLOCK ? n - i0 : CE_BLOCK);
-        C bm = (C)-INFINITY;
-        for (int j = 0; j < nb; j++) {
-            C v = LOAD(x + i0 + j);
-            if (softcap > 0) v = cap * TANH(v * inv_cap);
-            y[j] = v;
-            if (v > bm) bm = v;
-        }
+        const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
         C bs = 0;
-        if (bm != (C)-INFINITY) {
-            for (int j = 0; j < nb; j++) bs += EXP(y[j] - bm);
-        } else {
-            for (int j = 0; j < nb; j++)
-                if (y[j] != y[j]) bs = (C)NAN; /* a NaN hides from the max; keep it */
+        for (int64_t j = i0; j < i1; j++) {
+            C v = LOAD(x + j);
+            if (softcap > 0) v = cap * TANH(v * inv_cap);
+            v = EXP(v - ref);
+            if (e) e[j] = v;
+            bs += v;
         }
-        ce_merge(&m, &s, (double)bm, (double)bs);
+        s += (double)bs;
     }
     out->max = m;
     out->sum = s;
     out->wtotal = out->wsum = 0.0;
     if (want_wsum)
         CE_FN(factor_sums)(x, NULL, n, softcap, w, ce_stats_ref(m), &out->wtotal, &out->wsum);
+}
+
+static void CE_FN(ce_grad_exp)(const void *ev, const void *qv, int64_t n, const void *next, const void *wv,
+                               double a, double bq, double b0, int stream, void *gv)
+{
+    (void)next;
+    (void)stream;
+    const C *e = (const C *)ev, *w = (const C *)wv;
+    const T *q = (const T *)qv;
+    T *g = (T *)gv;
+    const C ca = (C)a, cbq = (C)bq, cb0 = (C)b0;
+    for (int64_t j = 0; j < n; j++)
+        STORE(g + j, ca * e[j] - (w ? w[j] : (C)1) * (q ? cbq * LOAD(q + j) + cb0 : cb0));
 }
 
 static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap,
@@ -102,9 +119,9 @@ static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, v
 }
 
 static void CE_FN(ce_stats_soft)(const void *xv, const void *qv, int64_t n, double softcap,
-                                 const void *wv, int want_wsum, ce_stats *out)
+                                 const void *wv, int want_wsum, void *ev, ce_stats *out)
 {
-    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, out);
+    CE_FN(ce_stats)(xv, n, NULL, softcap, wv, want_wsum, ev, out);
     /* The q sums need the max, so they are a pass of their own over a segment that is in
      * L1/L2 already. */
     CE_FN(factor_sums)((const T *)xv, (const T *)qv, n, softcap, (const C *)wv,

@@ -21,20 +21,15 @@
 #include <sys/auxv.h>
 #endif
 
+/* Every ISA's table (NULL where not compiled in) and name, from isa_list.h. */
+#define CE_TABLE_ENTRY(ID, name, arch, flags) [FUSEDCE_ISA_##ID] = &ce_table_##name,
 static const ce_isa_table *const ce_tables[FUSEDCE_ISA_COUNT] = {
-    [FUSEDCE_ISA_PORTABLE] = &ce_table_portable,
-#if defined(FUSEDCE_HAVE_AVX2)
-    [FUSEDCE_ISA_AVX2] = &ce_table_avx2,
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-    [FUSEDCE_ISA_AVX512] = &ce_table_avx512,
-#endif
-#if defined(FUSEDCE_HAVE_NEON)
-    [FUSEDCE_ISA_NEON] = &ce_table_neon,
-#endif
-};
-
-static const char *const ce_isa_names[FUSEDCE_ISA_COUNT] = {"portable", "avx2", "avx512", "neon"};
+    [FUSEDCE_ISA_PORTABLE] = &ce_table_portable, CE_ISA_LIST(CE_TABLE_ENTRY)};
+#undef CE_TABLE_ENTRY
+#define CE_NAME_ENTRY(ID, name, arch, flags) [FUSEDCE_ISA_##ID] = #name,
+static const char *const ce_isa_names[FUSEDCE_ISA_COUNT] = {
+    [FUSEDCE_ISA_PORTABLE] = "portable", CE_ISA_LIST(CE_NAME_ENTRY)};
+#undef CE_NAME_ENTRY
 
 static int ce_cpu_has[FUSEDCE_ISA_COUNT];
 static int ce_detected = FUSEDCE_ISA_PORTABLE;
@@ -145,6 +140,12 @@ const ce_isa_table *ce_active_table(void)
     return __atomic_load_n(&ce_active, __ATOMIC_ACQUIRE);
 }
 
+const ce_isa_table *ce_detected_table(void)
+{
+    ce_ensure_init();
+    return ce_tables[ce_detected];
+}
+
 int64_t ce_l2_bytes(void) { ce_ensure_init(); return ce_l2; }
 int64_t ce_llc_bytes(void) { ce_ensure_init(); return ce_llc; }
 long long fusedce_l2_bytes(void) { return (long long)ce_l2_bytes(); }
@@ -157,6 +158,14 @@ int fusedce_isa_compiled(int isa)
 {
     return isa >= 0 && isa < FUSEDCE_ISA_COUNT && ce_tables[isa] != NULL;
 }
+
+int ce_cpu_has_isa(int isa)
+{
+    ce_ensure_init();
+    return isa >= 0 && isa < FUSEDCE_ISA_COUNT && ce_cpu_has[isa];
+}
+
+int fusedce_cpu_has_isa(int isa) { return ce_cpu_has_isa(isa); }
 
 int fusedce_isa_available(int isa)
 {

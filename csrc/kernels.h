@@ -1,9 +1,10 @@
 /* The per-ISA row primitives and the function table that dispatch.c fills.
  *
- * Every ISA file (ce_portable.c, ce_avx2.c, ce_avx512.c, ce_neon.c) implements the same three
- * primitives per dtype over one contiguous segment of a row; the driver (ce_driver.c) owns the
- * semantics: targets, weights, smoothing, z-loss, reductions, threads and row splitting.
- * Names follow <op>_<dtype>_<isa>, e.g. ce_stats_f32_avx512.
+ * Every ISA implements the same primitives per dtype over one contiguous segment of a row:
+ * ce_portable.c in scalar C, the SIMD ISAs of isa_list.h by simd_kernels.h, written once over a
+ * per-ISA vocabulary. The driver (ce_driver.c) owns the semantics: targets, weights, smoothing,
+ * z-loss, reductions, threads and row splitting. Names follow <op>_<dtype>_<isa>, e.g.
+ * ce_stats_f32_avx512; each ce_<isa>.c lists its own.
  *
  * "Compute type": double for f64, float for f32/f16/bf16. `weight` points at the segment's
  * first class weight in the compute type. y_j = softcap*tanh(x_j/softcap) when softcap > 0,
@@ -17,6 +18,7 @@
 #include <stdint.h>
 
 #include "fusedce.h"
+#include "isa_list.h"
 
 /* The weighted sums are taken relative to ref = ce_stats_ref(max), the segment's max where
  * finite: the loss needs W*lse - sum w*y, which cancels catastrophically when the logits are
@@ -35,13 +37,17 @@ typedef struct ce_stats {
 static inline double ce_stats_ref(double max) { return isfinite(max) ? max : 0.0; }
 
 /* `next` (stats and grad): where the caller reads n more elements of x after this segment
- * (the same segment of its next row), or NULL. SIMD primitives prefetch it while they compute
- * from cache, so that the memory stream does not idle; a prefetch never faults.
+ * (the next chunk, or the same segment of its next row), or NULL. SIMD primitives prefetch it
+ * while they compute from cache, so that the memory stream does not idle; a prefetch never
+ * faults.
  *
- * Pass 1 over x[0..n): max, sum of exp, optionally (want_wsum) wtotal and wsum, which take a
- * second pass over the segment (from cache) once its max is known. */
+ * Pass 1 over x[0..n) (a chunk of a row, ce_driver.c): max; the exponentials relative to it,
+ * e_j = exp(y_j - max) (relative to 0 when the max is -inf), kept in e[0..n) (the compute type)
+ * for the gradient to reuse (e may be NULL, but not under a softcap: it then holds y); their sum;
+ * optionally (want_wsum) wtotal and wsum, which take another pass over the segment (from
+ * cache). */
 typedef void (*ce_stats_fn)(const void *x, int64_t n, const void *next, double softcap,
-                            const void *weight, int want_wsum, ce_stats *out);
+                            const void *weight, int want_wsum, void *e, ce_stats *out);
 
 /* Pass 2: g_j = (a * exp(y_j - shift) - b * w_j) * (softcap > 0 ? 1 - (y_j/softcap)^2 : 1)
  * with w_j = weight ? weight[j] : 1. `shift` is exactly representable in the compute type
@@ -60,12 +66,30 @@ typedef void (*ce_shift_fn)(const void *x, int64_t n, double shift, double c, vo
 /* Soft (probability) targets q, of the logits' storage type, read alongside the logits.
  * Pass 1 as ce_stats_fn, plus qsum and qysum. */
 typedef void (*ce_stats_soft_fn)(const void *x, const void *q, int64_t n, double softcap,
-                                 const void *weight, int want_wsum, ce_stats *out);
+                                 const void *weight, int want_wsum, void *e, ce_stats *out);
 
 /* Pass 2 for soft targets: g_j = (a*exp(y_j - shift) - w_j*(bq*q_j + b0)) * capderiv_j. */
 typedef void (*ce_grad_soft_fn)(const void *x, const void *q, int64_t n, double softcap,
                                 const void *weight, double shift, double a, double bq, double b0,
                                 int stream, void *g);
+
+/* Pass 2 from pass 1's exponentials e (uncapped rows), so that each exp is taken once:
+ * g_j = a*e_j - w_j*(bq*q_j + b0) with soft targets q, g_j = a*e_j - w_j*b0 without (q NULL);
+ * w_j = weight ? weight[j] : 1. `next` and `stream` as for ce_grad_fn; g may not overlap e. */
+typedef void (*ce_grad_exp_fn)(const void *e, const void *q, int64_t n, const void *next,
+                               const void *weight, double a, double bq, double b0, int stream,
+                               void *g);
+
+/* Pass 1 over x[0..n) as ce_stats_fn (no softcap; e given), and meanwhile pass 2 of an
+ * earlier row's chunk of the same n classes from its kept exponentials pe: g_j = a*pe_j -
+ * gw_j*b0 (gw NULL: 1), streamed when `stream` but over [plo, phi) (ordinary stores: the line
+ * its caller rewrites an element of). The two interleave, so that the gradient's stores drain
+ * while the exps compute; the results are those of ce_stats_fn and ce_grad_exp_fn, bit for
+ * bit. */
+typedef void (*ce_stats_grad_fn)(const void *x, int64_t n, const void *next, const void *weight,
+                                 int want_wsum, void *e, ce_stats *out, const void *pe,
+                                 const void *gw, double a, double b0, int stream, int64_t plo,
+                                 int64_t phi, void *g);
 
 /* Binary cross-entropy with logits over n elements, targets t of the storage type:
  *   l_j = w_j [(1 - t_j) softplus(x_j) + pw_j t_j softplus(-x_j)]   (softplus(x) = log(1 + e^x))
@@ -85,6 +109,8 @@ typedef struct ce_kernels {
     ce_stats_soft_fn stats_soft;
     ce_grad_soft_fn grad_soft;
     bce_fn bce;
+    ce_grad_exp_fn grad_exp;
+    ce_stats_grad_fn stats_grad; /* NULL: the driver runs the passes one after the other */
 } ce_kernels;
 
 /* One ISA: kernels indexed by FUSEDCE_F32, F64, F16, BF16. */
@@ -94,18 +120,22 @@ typedef struct ce_isa_table {
     /* The ISA's vector exp alone, over n elements, for the accuracy tests. */
     void (*vexp_f32)(const float *x, int64_t n, float *y);
     void (*vexp_f64)(const double *x, int64_t n, double *y);
+    /* The softmax's exp alone (arguments <= 0; cheaper, a little less exact), likewise. */
+    void (*vexpn_f32)(const float *x, int64_t n, float *y);
+    /* The memory roofline's patterns (roofline.c) over one thread's bytes: read every byte
+     * (returns something of them, so the loads stay), and copy with streaming stores where
+     * the ISA has them (dst 64-byte aligned, bytes a multiple of 64; the caller fences). */
+    double (*roof_read)(const void *src, int64_t bytes);
+    void (*roof_copy)(const void *src, void *dst, int64_t bytes);
 } ce_isa_table;
 
+/* The tables: portable's always; a SIMD ISA's where its ce_<isa>.c is compiled in (the build
+ * compiles those of the target's architecture), else its address is NULL (a weak reference). */
 extern const ce_isa_table ce_table_portable;
-#if defined(FUSEDCE_HAVE_AVX2)
-extern const ce_isa_table ce_table_avx2;
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-extern const ce_isa_table ce_table_avx512;
-#endif
-#if defined(FUSEDCE_HAVE_NEON)
-extern const ce_isa_table ce_table_neon;
-#endif
+#define CE_DECLARE_TABLE(ID, name, arch, flags)                                                   \
+    extern const ce_isa_table ce_table_##name __attribute__((weak, visibility("hidden")));
+CE_ISA_LIST(CE_DECLARE_TABLE)
+#undef CE_DECLARE_TABLE
 
 /* Merge a segment's (max m2, sum s2) into a running (m, s): both become sums relative to the
  * larger max. A -inf max means "nothing but -inf so far" (sum 0, or NaN carried). */
@@ -137,8 +167,18 @@ static inline void ce_stream_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CS
 /* The active table (dispatch.c); never NULL after the first call. */
 const ce_isa_table *ce_active_table(void);
 
+/* Whether this CPU (and its OS) runs an ISA, compiled in or not (dispatch.c). */
+int ce_cpu_has_isa(int isa);
+
+/* The best table this CPU runs, whatever the active one (dispatch.c). */
+const ce_isa_table *ce_detected_table(void);
+
 /* How many threads a call over `elems` elements uses (ce_driver.c): small calls run on one. */
 int ce_threads_for(int64_t elems);
+
+/* This thread's index in its team and the team's size (0 and 1 outside a parallel region or
+ * without OpenMP). */
+int ce_team(int *size);
 
 /* Cache sizes in bytes (dispatch.c), for the driver's split and streaming decisions. */
 int64_t ce_l2_bytes(void);

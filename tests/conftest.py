@@ -5,6 +5,7 @@ import pytest
 
 import fusedce
 from fusedce import _cpu
+from isa_support import require_isa
 
 ALL_ISAS = _cpu.ISA_NAMES
 
@@ -13,8 +14,7 @@ ALL_ISAS = _cpu.ISA_NAMES
 def isa(request):
     """Runs the test once per ISA this CPU has; the others are skipped with the reason."""
     name = request.param
-    if name not in fusedce.available_isas():
-        pytest.skip(f"ISA {name} not available here (compiled and supported: {fusedce.available_isas()})")
+    require_isa(name)
     before = _cpu.active_isa()
     fusedce.set_isa(name)
     yield name

@@ -43,9 +43,9 @@ def test_bench_tiny_grid_every_op_and_dtype(capsys):
     isa = _cpu.active_isa()
     for op in _bench.OPS:
         assert (f"cpu/{isa}", op) in rows and ("reference", op) in rows
-    assert ("np.copyto", "copy") in rows
-    # 2 shapes x 2 dtypes x (2 backends x 3 ops + the copy)
-    assert len(rows) == 2 * 2 * 7
+    assert ("np.copyto", "copy") in rows and ("roofline", "read") in rows and ("roofline", "copy") in rows
+    # 2 shapes x 2 dtypes x (2 backends x 3 ops + the roofline's read and copy + np.copyto)
+    assert len(rows) == 2 * 2 * 9
     assert "float64" in out and "3x4097" in out
 
 
@@ -75,19 +75,26 @@ def test_bench_json_schema(capsys, tmp_path):
     assert doc["config"]["repeat"] == 2 and doc["config"]["shapes"] == [[8, 1000]]
     rows = doc["rows"]
     assert [(r["backend"], r["op"]) for r in rows] == [
-        (f"cpu/{_cpu.active_isa()}", "fused"), ("reference", "fused"), ("np.copyto", "copy")]
+        (f"cpu/{_cpu.active_isa()}", "fused"), ("reference", "fused"), ("roofline", "read"), ("roofline", "copy"),
+        ("np.copyto", "copy")]
     for row in rows:
         assert row["shape"] == [8, 1000] and row["dtype"] == "float32"
         assert len(row["times_s"]) == 2 and all(isinstance(t, float) and t > 0 for t in row["times_s"])
-        for key in ("median_s", "gelem_per_s", "gb_per_s", "pct_copy"):
+        for key in ("median_s", "best_s", "gelem_per_s", "gb_per_s", "pct_copy"):
             assert isinstance(row[key], float) and row[key] > 0
         assert row["elements"] == 8000
+        assert row["roofline"] == {"read": "read", "copy": "copy"}.get(row["op"]) or row["backend"] != "roofline"
     fused = rows[0]
     assert fused["bytes"] == 2 * 8000 * 4  # read the logits, write the gradient
     assert fused["errors"].keys() == fused["tolerances"].keys() == {"loss", "grad"}
     assert fused["max_error"] <= 2e-6
     assert isinstance(fused["vs_reference"], float) and fused["vs_torch"] is None
-    assert rows[2]["pct_copy"] == pytest.approx(100.0)
+    # % roof: the best call against the best streaming copy of the same bytes (read + write)
+    copy = rows[3]
+    assert copy["bytes"] == fused["bytes"] and copy["roofline"] == "copy"
+    assert fused["pct_roofline"] == pytest.approx(100.0 * min(copy["times_s"]) / min(fused["times_s"]))
+    assert rows[2]["bytes"] == 8000 * 4 and rows[2]["pct_roofline"] is None  # the read: a yardstick
+    assert rows[4]["pct_copy"] == pytest.approx(100.0) and rows[4]["roofline"] is None
     assert fusedce.get_num_threads() == threads_before  # --threads lasts for the run only
 
 
@@ -137,7 +144,8 @@ def test_bench_plot_written(capsys, tmp_path):
 def test_bench_every_isa(capsys):
     rc, out, _ = bench(capsys, *TINY, "--backend", "cpu", "--isa", "all")
     assert rc == 0
-    assert {b for b, _ in table_rows(out)} == {f"cpu/{isa}" for isa in fusedce.available_isas()} | {"np.copyto"}
+    assert {b for b, _ in table_rows(out)} == (
+        {f"cpu/{isa}" for isa in fusedce.available_isas()} | {"np.copyto", "roofline"})
 
 
 def test_unavailable_cuda_is_reported_not_an_error(capsys):
@@ -270,6 +278,7 @@ def test_bytes_counted_per_op():
     assert case.bytes_moved("forward") == 4096 * 32000 * 4
     assert case.bytes_moved("fused") == case.bytes_moved("backward") == case.bytes_moved("copy") == 2 * 4096 * 32000 * 4
     assert _bench.Case(2, 3, "float64").bytes_moved("forward") == 2 * 3 * 8
+    assert case.bytes_moved("read") == case.bytes_moved("forward")  # the forward's roofline
     for loss in ("soft", "bce"):  # their logits-sized targets are read too
         case = _bench.Case(4096, 32000, "float32", loss)
         assert case.bytes_moved("forward") == 2 * 4096 * 32000 * 4

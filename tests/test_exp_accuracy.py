@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from fusedce import _cpu
+from isa_support import require_isa
 
 ffi, lib = _cpu.ffi, _cpu.lib
-ISAS = ("portable", "avx2", "avx512", "neon")
+ISAS = _cpu.ISA_NAMES
 MAX_ULP = 2.0
 
 
@@ -22,10 +23,7 @@ def _available(isa):
 
 @pytest.fixture(params=range(len(ISAS)), ids=ISAS)
 def isa(request):
-    if not lib.fusedce_isa_compiled(request.param):
-        pytest.skip(f"{ISAS[request.param]} is not compiled into this build")
-    if not _available(request.param):
-        pytest.skip(f"this CPU lacks {ISAS[request.param]}")
+    require_isa(ISAS[request.param])
     return request.param
 
 

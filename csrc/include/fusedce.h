@@ -112,11 +112,21 @@ int fusedce_softmax(int dtype, int mode, int64_t rows, int64_t classes, const vo
 int fusedce_vexp_f32(int isa, int64_t n, const float *x, float *y);
 int fusedce_vexp_f64(int isa, int64_t n, const double *x, double *y);
 
+/* The machine's memory roofline for a call over `elements` logits of `bytes` bytes: the seconds
+ * one pass of a pattern takes with the threads a kernel call of that many elements uses, by the
+ * best ISA this CPU runs. FUSEDCE_ROOFLINE_READ reads src once (a forward's traffic; dst is
+ * unused); FUSEDCE_ROOFLINE_COPY copies src to dst with streaming (non-temporal) stores where
+ * the CPU has them (forward+backward's traffic: the logits read, the gradient written). */
+enum { FUSEDCE_ROOFLINE_READ = 0, FUSEDCE_ROOFLINE_COPY = 1 };
+int fusedce_roofline(int pattern, const void *src, void *dst, int64_t bytes, int64_t elements,
+                     double *seconds);
+
 /* Kernel selection and threads. */
 int fusedce_detected_isa(void);             /* best ISA this CPU runs */
 int fusedce_active_isa(void);               /* the one in use */
 int fusedce_isa_compiled(int isa);          /* 1 when this build has kernels for isa */
 int fusedce_isa_available(int isa);         /* compiled in and supported by this CPU */
+int fusedce_cpu_has_isa(int isa);           /* supported by this CPU, compiled in or not */
 int fusedce_set_isa(int isa);               /* FUSEDCE_OK or FUSEDCE_EISA */
 const char *fusedce_isa_name(int isa);
 int fusedce_get_num_threads(void);

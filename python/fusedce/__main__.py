@@ -66,7 +66,10 @@ def build_parser():
     bench = commands.add_parser(
         "bench", help="check every backend against the float64 reference, then time it",
         description="Checks each backend's result against the float64 NumPy reference, then times "
-                    "it (median of --repeat calls) next to a plain copy of the logits.")
+                    "it (median and best of --repeat calls) against the machine's memory roofline: a "
+                    "multi-threaded read of the logits (for the forward) and a multi-threaded streaming "
+                    "copy of them (for the backward and forward+backward), same threads; np.copyto is "
+                    "shown too.")
     bench.add_argument("--shape", action="append", type=_shape, metavar="BxK",
                        help="batch x classes, repeatable (default: "
                             + ", ".join(f"{b}x{k}" for b, k in _bench.DEFAULT_SHAPES) + ")")

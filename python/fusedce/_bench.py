@@ -4,9 +4,14 @@ A case is (batch, classes, dtype, loss); the loss is categorical cross-entropy w
 targets (ce, the default), with probability targets of the logits' shape (soft), or binary
 cross-entropy with logits (bce, a target probability per element). Per case: the float64 reference result is computed once
 (the oracle); every chosen backend and operation is run once and checked against it (a wrong
-result stops everything); the oracle is dropped; then every (backend, op) and a plain copy of
-the logits are timed, each as a warm-up then `repeat` consecutive calls, of which the median is
-reported. (Not round-robin: a call that follows another thread pool's call, torch's OpenMP
+result stops everything); the oracle is dropped; then every (backend, op) and the yardsticks
+are timed, each as a warm-up then `repeat` consecutive calls, of which the median is reported.
+
+The yardsticks on the host are the machine's memory roofline, measured by the C library with
+the threads a kernel call of the case uses: a read of the logits' bytes (the forward's traffic)
+and a copy of them with streaming stores (forward+backward's); np.copyto (one thread) is a
+familiar extra row. `% roof` compares each call with the roofline of its traffic, best call
+against best pass, the machine being shared. (Not round-robin: a call that follows another thread pool's call, torch's OpenMP
 still spinning, runs several times slower at small shapes.)
 
 Bytes counted are the ones an operation cannot avoid: forward reads the logits once
@@ -64,7 +69,9 @@ HALF_MAX = {"float16": 65504.0, "bfloat16": 3.3895e38}
 HALF_COMPUTED_GRAD_RTOL = {"float16": 8 * 2.0**-11, "bfloat16": 8 * 2.0**-8}
 
 # Passes over the B*K*itemsize bytes of the logits (or of the gradient) each op must make.
-MEMORY_PASSES = {"forward": 1, "backward": 2, "fused": 2, "copy": 2}
+MEMORY_PASSES = {"forward": 1, "backward": 2, "fused": 2, "copy": 2, "read": 1}
+# The roofline pattern each op's traffic is: the logits read, or read and a gradient written.
+ROOFLINE_OF = {"forward": "read", "backward": "copy", "fused": "copy"}
 
 # A call this slow was just run by the check: a warm-up round would add time, not accuracy.
 SLOW_CALL_S = 0.5
@@ -104,7 +111,7 @@ class Case:
         return f"{self.batch}x{self.classes} {self.dtype}" + ("" if self.loss == "ce" else f" {self.loss}")
 
     def bytes_moved(self, op):
-        target_pass = op != "copy" and self.loss != "ce"  # the logits-sized target, read once
+        target_pass = op in OPS and self.loss != "ce"  # the logits-sized target, read once
         return (MEMORY_PASSES[op] + target_pass) * self.elements * numpy_dtype(self.dtype).itemsize
 
 
@@ -421,10 +428,13 @@ def jax_unavailable_reason():
 
 
 class HostCopy:
-    """The memory yardstick on the host: np.copyto of the logits into a preallocated buffer."""
+    """A familiar yardstick on the host: np.copyto of the logits into a preallocated buffer."""
 
     device = "host"
     label = "np.copyto"
+    op = "copy"
+    roofline = None  # one thread, ordinary stores: not the machine's limit
+    self_timed = False
 
     def __init__(self, logits):
         self.src, self.dst = logits, np.empty_like(logits)
@@ -436,11 +446,33 @@ class HostCopy:
         pass
 
 
+class HostRoofline:
+    """The host's memory roofline for the logits (fusedce_roofline): one multi-threaded pass of
+    `pattern` ('read' or 'copy', the latter with streaming stores), timed by the C library."""
+
+    device = "host"
+    label = "roofline"
+    self_timed = True
+
+    def __init__(self, logits, pattern):
+        self.op = self.roofline = pattern
+        self.src = logits
+        self.dst = np.empty_like(logits) if pattern == "copy" else None
+
+    def run(self):
+        return _cpu.roofline(self.op, self.src, self.dst)
+
+    def sync(self):
+        pass
+
+
 class CudaCopy:
     """The memory yardstick on the GPU: a device-to-device copy of the logits."""
 
     device = "cuda"
     label = "cuda d2d copy"
+    op = roofline = "copy"
+    self_timed = False
 
     def __init__(self, logits):
         from numba import cuda
@@ -456,7 +488,9 @@ class CudaCopy:
         self._cuda.synchronize()
 
 
-YARDSTICKS = {"host": HostCopy, "cuda": CudaCopy}
+YARDSTICKS = {"host": (functools.partial(HostRoofline, pattern="read"),
+                       functools.partial(HostRoofline, pattern="copy"), HostCopy),
+              "cuda": (CudaCopy,)}
 
 
 @dataclasses.dataclass
@@ -572,11 +606,13 @@ def _open_reference(logits, target, loss):
 class Row:
     case: Case
     backend: str
-    op: str  # forward | backward | fused | copy
+    op: str  # forward | backward | fused, or a yardstick's: read | copy
     device: str
     times_s: list = dataclasses.field(default_factory=list)
     errors: dict = dataclasses.field(default_factory=dict)  # part -> (normalised max error, tolerance)
-    pct_copy: float | None = None
+    roofline: str | None = None  # a roofline yardstick's pattern (read | copy)
+    pct_roofline: float | None = None  # best call against the best roofline pass of its traffic
+    pct_copy: float | None = None  # median against np.copyto's (the host) or the d2d copy
     vs_reference: float | None = None
     vs_torch: float | None = None
 
@@ -587,6 +623,10 @@ class Row:
     @property
     def median_s(self):
         return float(np.median(self.times_s)) if self.times_s else None
+
+    @property
+    def best_s(self):
+        return float(np.min(self.times_s)) if self.times_s else None
 
     @property
     def gelem_per_s(self):
@@ -609,7 +649,8 @@ class Row:
             "shape": list(self.case.shape), "batch": self.case.batch, "classes": self.case.classes,
             "dtype": self.case.dtype, "loss": self.case.loss, "backend": self.backend, "op": self.op, "device": self.device,
             "elements": self.case.elements, "bytes": self.bytes, "times_s": list(self.times_s),
-            "median_s": self.median_s, "gelem_per_s": self.gelem_per_s, "gb_per_s": self.gb_per_s,
+            "median_s": self.median_s, "best_s": self.best_s, "gelem_per_s": self.gelem_per_s,
+            "gb_per_s": self.gb_per_s, "roofline": self.roofline, "pct_roofline": self.pct_roofline,
             "pct_copy": self.pct_copy, "vs_reference": self.vs_reference, "vs_torch": self.vs_torch,
             "max_error": self.max_error,
             "errors": {part: err for part, (err, _) in self.errors.items()},
@@ -748,8 +789,8 @@ def _steps(plan, config):
     steps = 0
     for case, specs in plan:
         pairs = len(specs) * len(_case_ops(case, config.ops))
-        devices = len({spec.device for spec in specs})
-        steps += pairs + (config.repeat + 1) * (pairs + devices) * config.timed
+        sticks = sum(len(YARDSTICKS[device]) for device in {spec.device for spec in specs})
+        steps += pairs + (config.repeat + 1) * (pairs + sticks) * config.timed
     return steps
 
 
@@ -774,6 +815,7 @@ class _Timed:
     sync: Callable
     active: Callable  # context manager factory (the ISA switch), entered outside the timing
     warm_up: bool
+    self_timed: bool = False  # the call returns its own seconds (the C library's roofline)
 
 
 def _run_case(case, specs, config, progress):
@@ -782,9 +824,10 @@ def _run_case(case, specs, config, progress):
     timed = _check_case(case, logits, target, runners, _case_ops(case, config.ops), progress)
     if config.timed:
         for device in dict.fromkeys(spec.device for spec in specs):
-            stick = YARDSTICKS[device](logits)
-            timed.append(_Timed(Row(case, stick.label, "copy", device), stick.run, stick.sync,
-                                contextlib.nullcontext, True))
+            for make in YARDSTICKS[device]:
+                stick = make(logits)
+                row = Row(case, stick.label, stick.op, device, roofline=stick.roofline)
+                timed.append(_Timed(row, stick.run, stick.sync, contextlib.nullcontext, True, stick.self_timed))
         _time_each(case, timed, config.repeat, progress)
         _fill_ratios([item.row for item in timed])
     return [item.row for item in timed]
@@ -823,21 +866,30 @@ def _time_each(case, items, repeat, progress):
                 if index >= 0 or item.warm_up:
                     item.sync()
                     start = time.perf_counter()
-                    item.call()
+                    result = item.call()
                     item.sync()
                     if index >= 0:
-                        item.row.times_s.append(time.perf_counter() - start)
+                        item.row.times_s.append(result if item.self_timed else time.perf_counter() - start)
                 progress.advance()
 
 
+def _best_gb_per_s(row):
+    return row.bytes / row.best_s / 1e9
+
+
 def _fill_ratios(rows):
-    """% of the copy bandwidth (same device) and speedups over the reference and torch (same op)."""
-    copy_gbs = {row.device: row.gb_per_s for row in rows if row.op == "copy"}
+    """% of the roofline of each call's traffic (same device, best against best), % of the
+    familiar copy (medians), and speedups over the reference and torch (same op)."""
+    roof = {(row.device, row.roofline): _best_gb_per_s(row) for row in rows if row.roofline}
+    copy_gbs = {row.device: row.gb_per_s for row in rows if row.op == "copy" and row.backend != "roofline"}
     baseline = {(row.backend, row.op): row.median_s for row in rows}
     for row in rows:
-        row.pct_copy = 100.0 * row.gb_per_s / copy_gbs[row.device]
-        if row.op == "copy":
+        row.pct_copy = 100.0 * row.gb_per_s / copy_gbs[row.device] if row.device in copy_gbs else None
+        if row.op not in OPS:
             continue
+        pattern = ROOFLINE_OF[row.op] if (row.device, ROOFLINE_OF[row.op]) in roof else "copy"
+        if (row.device, pattern) in roof:
+            row.pct_roofline = 100.0 * _best_gb_per_s(row) / roof[(row.device, pattern)]
         ref, torch_s = baseline.get(("reference", row.op)), baseline.get(("torch", row.op))
         row.vs_reference = ref / row.median_s if ref else None
         row.vs_torch = torch_s / row.median_s if torch_s else None
@@ -935,7 +987,7 @@ def environment():
 # --------------------------------------------------------------------------- output
 
 
-COLUMNS = ("shape", "dtype", "backend", "op", "median ms", "Gelem/s", "GB/s", "% copy",
+COLUMNS = ("shape", "dtype", "backend", "op", "median ms", "best ms", "Gelem/s", "GB/s", "% roof",
            "x ref", "x torch", "max err")
 _NUMERIC_FROM = COLUMNS.index("median ms")
 
@@ -946,10 +998,11 @@ def _fmt(value, spec, suffix=""):
 
 def table_cells(row):
     case = row.case
-    op = row.op if case.loss == "ce" or row.op == "copy" else f"{case.loss} {row.op}"
+    op = row.op if case.loss == "ce" or row.op not in OPS else f"{case.loss} {row.op}"
     return [f"{case.batch}x{case.classes}", case.dtype, row.backend, op,
-            _fmt(row.median_s and row.median_s * 1e3, ".3g"), _fmt(row.gelem_per_s, ".3g"),
-            _fmt(row.gb_per_s, ".3g"), _fmt(row.pct_copy, ".0f"), _fmt(row.vs_reference, ".2f", "x"),
+            _fmt(row.median_s and row.median_s * 1e3, ".3g"), _fmt(row.best_s and row.best_s * 1e3, ".3g"),
+            _fmt(row.gelem_per_s, ".3g"), _fmt(row.gb_per_s, ".3g"), _fmt(row.pct_roofline, ".0f"),
+            _fmt(row.vs_reference, ".2f", "x"),
             _fmt(row.vs_torch, ".2f", "x"), _fmt(row.max_error, ".1e")]
 
 
@@ -959,7 +1012,9 @@ def summary_line(report):
     return (f"fusedce {env['versions']['fusedce']} on {env['machine']['cpu_model']} "
             f"({env['machine']['cores']} cores), fusedce threads {env['cpu']['threads']}"
             + (f", torch {env['versions']['torch']} threads {torch_threads}" if torch_threads else "")
-            + f"; reduction={REDUCTION!r}, median of {config.repeat}, errors relative to the float64 reference")
+            + f"; reduction={REDUCTION!r}, median and best of {config.repeat}; % roof: best call against the best "
+            "roofline pass of its traffic (read: forward; streaming copy: backward, fused), same threads; "
+            "errors relative to the float64 reference")
 
 
 def notes(report):
@@ -1007,7 +1062,7 @@ def print_report(report, stream=None):
     for i, name in enumerate(COLUMNS):
         table.add_column(name, justify="right" if i >= _NUMERIC_FROM else "left", no_wrap=True)
     for row in report.rows:
-        table.add_row(*table_cells(row), style="dim" if row.op == "copy" else None)
+        table.add_row(*table_cells(row), style="dim" if row.op not in OPS else None)
     console.print(table)
     for line in notes(report):
         console.print(line, highlight=False)
@@ -1072,7 +1127,8 @@ def require_matplotlib():
 
 def plot(report, path):
     """Throughput (G elements/s) against K, one panel per op, a line per backend and dtype;
-    the roofline is the copy bandwidth turned into elements/s at that op's bytes per element."""
+    the roofline is the bandwidth of the op's roofline pattern (read for the forward, streaming
+    copy otherwise) turned into elements/s at that op's bytes per element."""
     require_matplotlib()
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     from matplotlib.ticker import FuncFormatter
@@ -1088,15 +1144,17 @@ def plot(report, path):
     for ax, op in zip(axes, ops):
         series = {}
         for row in report.rows:
-            if row.times_s and row.op in (op, "copy") and op in LOSS_OPS[row.case.loss]:
+            roof_pattern = ROOFLINE_OF[op] if any(r.roofline == ROOFLINE_OF[op] for r in report.rows) else "copy"
+            if row.times_s and (row.op == op or row.roofline == roof_pattern) and op in LOSS_OPS[row.case.loss]:
                 series.setdefault((row.backend, row.case.dtype, row.case.loss, row.op), []).append(row)
         for (backend, dtype, loss, kind), rows in sorted(series.items()):
             rows.sort(key=lambda r: (r.case.classes, r.case.batch))
             ks = [r.case.classes for r in rows]
             name = f"{backend} {dtype}" + ("" if loss == "ce" else f" {loss}")
-            if kind == "copy":  # bytes/s -> elements/s at this op's traffic per element
+            if kind not in OPS:  # bytes/s -> elements/s at this op's traffic per element
                 ys = [r.gb_per_s * r.case.elements / r.case.bytes_moved(op) for r in rows]
-                ax.plot(ks, ys, "k--", lw=1.2, label=f"{name} roofline")
+                label = f"{kind} roofline" if backend == "roofline" else f"{name} roofline"
+                ax.plot(ks, ys, "k--", lw=1.2, label=label)
             else:
                 ax.plot(ks, [r.gelem_per_s for r in rows], "o-", label=name)
         ax.set(xscale="log", yscale="log", xlabel="K (classes)", ylabel="G elements / s", title=op)

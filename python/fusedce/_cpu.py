@@ -14,7 +14,8 @@ import numpy as np
 from . import _pool
 from ._cffi import ffi, lib
 
-ISA_NAMES = ("portable", "avx2", "avx512", "neon")
+# Every instruction set the C library knows (csrc/isa_list.h), by enum value, compiled in or not.
+ISA_NAMES = tuple(ffi.string(lib.fusedce_isa_name(code)).decode() for code in range(lib.FUSEDCE_ISA_COUNT))
 
 _DTYPE_CODE = {
     "float32": lib.FUSEDCE_F32,
@@ -168,6 +169,21 @@ def softmax_family(mode, x2d):
     return out, lse
 
 
+ROOFLINE_PATTERNS = {"read": lib.FUSEDCE_ROOFLINE_READ, "copy": lib.FUSEDCE_ROOFLINE_COPY}
+
+
+def roofline(pattern, src, dst=None):
+    """Seconds the C library takes for one pass of a memory pattern over src's bytes, with the
+    threads a kernel call over src's elements uses: 'read' reads them once, 'copy' copies them
+    into dst (an array of the same size) with streaming stores (see fusedce.h)."""
+    seconds = ffi.new("double *")
+    src_buf = _buf(src)
+    dst_buf = _buf(dst) if dst is not None else ffi.NULL
+    _check_rc(lib.fusedce_roofline(ROOFLINE_PATTERNS[pattern], ffi.cast("void *", src_buf), ffi.cast("void *", dst_buf),
+                                   src.nbytes, src.size, seconds))
+    return seconds[0]
+
+
 def isa_name(code):
     return ffi.string(lib.fusedce_isa_name(code)).decode()
 
@@ -181,6 +197,11 @@ def isa_code(name):
 def available_isas():
     """ISAs that are both compiled in and supported by this CPU."""
     return [name for code, name in enumerate(ISA_NAMES) if lib.fusedce_isa_available(code)]
+
+
+def cpu_isas():
+    """ISAs this CPU (and its OS) supports, whether this build compiled them in or not."""
+    return [name for code, name in enumerate(ISA_NAMES) if lib.fusedce_cpu_has_isa(code)]
 
 
 def set_isa(name):

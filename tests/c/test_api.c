@@ -710,7 +710,8 @@ static void errors(void)
 
 /* ---- threads ---------------------------------------------------------------------------- */
 
-/* A row long enough to be split over threads, against the same row on one thread. */
+/* A row long enough to be split over threads, against the same row on one thread: the same
+ * bits (docs/guarantees.md: results do not depend on the thread count). */
 static void threads_one(int dt, int64_t rows, int64_t K, int opt)
 {
     ce_case c;
@@ -727,10 +728,54 @@ static void threads_one(int dt, int64_t rows, int64_t K, int opt)
         fusedce_set_num_threads(0);
         ce_run(&c, &all);
         ce_compare(&c, &all, &one);
+        const size_t grad_bytes = (size_t)(rows * K) * elem_size(dt);
+        check(memcmp(all.loss.p, one.loss.p, (size_t)rows * 8) == 0 && memcmp(all.lse.p, one.lse.p, (size_t)rows * 8) == 0 &&
+                  memcmp(all.grad.p, one.grad.p, grad_bytes) == 0 &&
+                  memcmp(all.loss_only.p, one.loss_only.p, (size_t)rows * 8) == 0 &&
+                  memcmp(all.grad_backward.p, one.grad_backward.p, grad_bytes) == 0,
+              "%s: not the same bits on one thread and on all", where);
         ce_results_free(&one), ce_results_free(&all);
     }
     fusedce_set_num_threads(before);
     ce_case_free(&c);
+}
+
+/* ---- the memory roofline ---------------------------------------------------------------- */
+
+/* fusedce_roofline reads and copies exactly [src, src + bytes) at any alignment, on one thread
+ * or split over several (even tiny ranges); it only times. */
+static void roofline_one(int64_t bytes, size_t src_offset, size_t dst_offset, int threads)
+{
+    snprintf(where, sizeof where, "roofline bytes=%lld offsets %zu/%zu threads=%d", (long long)bytes, src_offset,
+             dst_offset, threads);
+    const int before = fusedce_get_num_threads();
+    fusedce_set_num_threads(threads);
+    in_buf src = in_new((size_t)bytes, src_offset);
+    for (int64_t i = 0; i < bytes; i++) ((unsigned char *)src.p)[i] = (unsigned char)rng_next();
+    in_seal(&src);
+    out_buf dst = out_new((size_t)bytes, dst_offset);
+    double read_s = -1, copy_s = -1;
+    const int64_t elements = threads == 1 ? 1 : (int64_t)1 << 20; /* as many threads as set */
+    check(fusedce_roofline(FUSEDCE_ROOFLINE_READ, src.p, NULL, bytes, elements, &read_s) == FUSEDCE_OK && read_s >= 0,
+          "%s: read failed", where);
+    check(fusedce_roofline(FUSEDCE_ROOFLINE_COPY, src.p, dst.p, bytes, elements, &copy_s) == FUSEDCE_OK && copy_s >= 0,
+          "%s: copy failed", where);
+    check(memcmp(dst.p, src.p, (size_t)bytes) == 0, "%s: the copy differs", where);
+    out_free(&dst, "copy"), in_free(&src, "src");
+    fusedce_set_num_threads(before);
+}
+
+static void roofline_errors(void)
+{
+    snprintf(where, sizeof where, "roofline errors");
+    char buf[64] = {0};
+    double s = 0;
+    check(fusedce_roofline(2, buf, buf, 64, 16, &s) == FUSEDCE_EINVAL, "%s: pattern 2", where);
+    check(fusedce_roofline(FUSEDCE_ROOFLINE_READ, buf, NULL, 64, 16, NULL) == FUSEDCE_EINVAL, "%s: no seconds", where);
+    check(fusedce_roofline(FUSEDCE_ROOFLINE_READ, buf, NULL, -1, 16, &s) == FUSEDCE_EINVAL, "%s: bytes -1", where);
+    check(fusedce_roofline(FUSEDCE_ROOFLINE_COPY, buf, NULL, 64, 16, &s) == FUSEDCE_EINVAL, "%s: copy to NULL", where);
+    check(fusedce_roofline(FUSEDCE_ROOFLINE_READ, NULL, NULL, 64, 16, &s) == FUSEDCE_EINVAL, "%s: NULL src", where);
+    check(fusedce_roofline(FUSEDCE_ROOFLINE_COPY, NULL, NULL, 0, 0, &s) == FUSEDCE_OK, "%s: nothing to copy", where);
 }
 
 /* ---- main ------------------------------------------------------------------------------- */
@@ -776,6 +821,11 @@ int main(int argc, char **argv)
     }
     static const int64_t vexp_n[] = {0, 1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1000, 4097};
     for (size_t i = 0; i < sizeof vexp_n / sizeof vexp_n[0]; i++) vexp_one(vexp_n[i]);
+    roofline_errors();
+    static const int64_t roof_bytes[] = {0, 1, 63, 64, 65, 1000, 4 * 4097 + 3, (1 << 18) + 5};
+    for (size_t i = 0; i < sizeof roof_bytes / sizeof roof_bytes[0]; i++)
+        for (int threads = 1; threads <= 2; threads++)
+            roofline_one(roof_bytes[i], i % 4, (i * 3) % 64, threads);
 
     use_isa(initial_isa);
     printf("%ld passed, %ld failed\n", n_passed, n_failed);

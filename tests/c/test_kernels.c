@@ -1,9 +1,14 @@
 /* Standalone check of every compiled ISA's row primitives (kernels.h) against the portable
  * kernels and a double-precision oracle, over every dtype; plus the vector exp's accuracy.
  *
- * Links only ce_portable.c and the ISA files (no dispatch, no driver). ISAs the CPU lacks
- * are skipped. FUSEDCE_TEST_EXHAUSTIVE=1 sweeps every float in the exp range instead of a
+ * Links ce_portable.c, the ISA files and dispatch.c (which says what the CPU has), not the
+ * driver. ISAs the CPU lacks are skipped; one it has that the build left out fails. FUSEDCE_TEST_EXHAUSTIVE=1 sweeps every float in the exp range instead of a
  * sample. Last line: "N passed, M failed"; exit status 1 on any failure.
+ *
+ *   test_kernels --hashes              only print "isa dtype case hash" for every primitive
+ *                                      (kernel_hashes.c), e.g. > tests/c/kernel_hashes.txt
+ *   test_kernels --check-hashes FILE   the tests, then every hash of the ISAs run here
+ *                                      compared with FILE's: a refactor moves no bit
  */
 #include <math.h>
 #include <stdarg.h>
@@ -12,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernel_hashes.h"
 #include "kernels.h"
 
 /* ---- bookkeeping ------------------------------------------------------------------------ */
@@ -35,42 +41,36 @@ static void check(int ok, const char *fmt, ...)
     }
 }
 
+/* Every ISA of isa_list.h: its table is NULL where this build leaves it out (another
+ * architecture's). */
+typedef void (*check_fn)(int ok, const char *fmt, ...);
 typedef struct {
     const char *name;
     const ce_isa_table *table;
-    int (*supported)(void);
+    int id;
+    void (*vocab_test)(check_fn); /* test_vocab.c's test of its vocabulary header */
 } isa_entry;
 
-static int always(void) { return 1; }
-#if defined(FUSEDCE_HAVE_AVX2)
-static int has_avx2(void)
-{
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-}
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-static int has_avx512(void)
-{
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
-#endif
-
-static const isa_entry isas[] = {
-    {"portable", &ce_table_portable, always},
-#if defined(FUSEDCE_HAVE_AVX2)
-    {"avx2", &ce_table_avx2, has_avx2},
-#endif
-#if defined(FUSEDCE_HAVE_AVX512)
-    {"avx512", &ce_table_avx512, has_avx512},
-#endif
-#if defined(FUSEDCE_HAVE_NEON)
-    {"neon", &ce_table_neon, always},
-#endif
-};
+#define VOCAB_TEST(ID, name, arch, flags) void vocab_test_##name(check_fn) __attribute__((weak));
+CE_ISA_LIST(VOCAB_TEST)
+#undef VOCAB_TEST
+#define ISA_ENTRY(ID, name, arch, flags) {#name, &ce_table_##name, FUSEDCE_ISA_##ID, vocab_test_##name},
+static const isa_entry isas[] = {{"portable", &ce_table_portable, FUSEDCE_ISA_PORTABLE, NULL},
+                                 CE_ISA_LIST(ISA_ENTRY)};
+#undef ISA_ENTRY
 #define N_ISAS ((int)(sizeof(isas) / sizeof(isas[0])))
+
+/* Whether an ISA's kernels run here; an ISA this CPU has but the build left out is a failure. */
+static int isa_runs(const isa_entry *isa, int quiet)
+{
+    const int cpu = ce_cpu_has_isa(isa->id);
+    if (!isa->table) {
+        check(!cpu, "%s: this CPU has it, but it is not compiled in", isa->name);
+        return 0;
+    }
+    if (!cpu && !quiet) printf("%-8s skipped: this CPU lacks it\n", isa->name);
+    return cpu;
+}
 
 /* ---- dtypes ----------------------------------------------------------------------------- */
 
@@ -286,11 +286,14 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     fill_weights(dt, wb.p, n);
     const void *w = weighted ? wb.p : NULL;
 
+    buffer eb = buf_new((size_t)n * weight_size(dt), offset * weight_size(dt)); /* exponentials */
+    buffer pe = buf_new((size_t)n * weight_size(dt), 0);
+
     ce_stats got, port;
     memset(&got, 0, sizeof got);
     memset(&port, 0, sizeof port);
-    isa->table->k[dt].stats(xb.p, n, xb.p, softcap, w, want_wsum, &got);
-    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, &port);
+    isa->table->k[dt].stats(xb.p, n, xb.p, softcap, w, want_wsum, eb.p, &got);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, pe.p, &port);
     const oracle_stats o = stats_oracle(dt, xb.p, n, softcap, w);
     const double eps = compute_eps(dt);
 
@@ -298,6 +301,32 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     snprintf(what, sizeof what, "%s stats %s n=%lld cap=%g w=%d wsum=%d off=%zu special=%s",
              isa->name, dtype_name[dt], (long long)n, softcap, weighted, want_wsum, offset,
              special_name[special]);
+
+    /* The exponentials e_j = exp(y_j - max) (relative to 0 when the max is -inf): the exp's
+     * few ULP and its argument's rounding (of y - max, and of y under the softcap's tanh). */
+    const double ref = got.max == -INFINITY ? 0.0 : got.max;
+    int64_t bad_e = -1;
+    for (int64_t j = 0; j < n && bad_e < 0; j++) {
+        const double y = capped(get_elem(dt, xb.p, j), softcap), want = exp(y - ref);
+        const double e_got = get_weight(dt, eb.p, j);
+        if (isnan(want) || want == 0 || isinf(want)) {
+            if (isnan(want) ? !isnan(e_got) : e_got != want) bad_e = j;
+            continue;
+        }
+        const double tol = want * eps * (8 + 2 * fabs(y - ref) + (softcap > 0 ? 12 * (fabs(y) + fabs(ref)) : 0)) +
+                           (dt == FUSEDCE_F64 ? 0x1p-1074 : 0x1p-149);
+        if (!(fabs(e_got - want) <= tol)) bad_e = j;
+    }
+    check(bad_e < 0, "%s: e[%lld] = %.17g, want exp(%.17g - %.17g)", what, (long long)bad_e,
+          bad_e >= 0 ? get_weight(dt, eb.p, bad_e) : 0.0, bad_e >= 0 ? capped(get_elem(dt, xb.p, bad_e), softcap) : 0.0,
+          ref);
+    check(buf_guards_ok(&eb), "%s: wrote outside e", what);
+    if (!(softcap > 0)) { /* without keeping the exponentials: the same statistics, bit for bit */
+        ce_stats alone;
+        memset(&alone, 0, sizeof alone);
+        isa->table->k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, NULL, &alone);
+        check(memcmp(&alone, &got, sizeof got) == 0, "%s: statistics differ without e", what);
+    }
 
     /* Max: exactly portable's when y = x; special values exactly as portable. */
     if (softcap > 0)
@@ -337,6 +366,89 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     check(buf_guards_ok(&xb) && buf_guards_ok(&wb), "%s: input buffers changed", what);
     buf_free(&xb);
     buf_free(&wb);
+    buf_free(&eb);
+    buf_free(&pe);
+}
+
+/* ---- grad from stored exponentials ------------------------------------------------------ */
+
+static void test_grad_exp_case(const isa_entry *isa, int dt, int64_t n, int weighted, int soft, int stream,
+                               size_t offset)
+{
+    const size_t es = dtype_size[dt], cs = weight_size(dt);
+    buffer eb = buf_new((size_t)n * cs, offset * cs), qb = buf_new((size_t)n * es, ((offset + 5) % 8) * es);
+    buffer wb = buf_new((size_t)n * cs, offset * cs), gb = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    for (int64_t j = 0; j < n; j++) {
+        const uint64_t r = rng_next() % 16;
+        const double e = r == 0 ? 0.0 : r == 1 ? 1.0 : r == 2 ? NAN : exp(rng_uniform(-30, 0));
+        if (dt == FUSEDCE_F64) ((double *)eb.p)[j] = e;
+        else ((float *)eb.p)[j] = (float)e;
+        set_elem(dt, qb.p, j, rng_next() % 4 ? rng_uniform(0, 1) : 0.0);
+    }
+    fill_weights(dt, wb.p, n);
+    const void *w = weighted ? wb.p : NULL, *q = soft ? qb.p : NULL;
+    double a = rng_uniform(0.1, 2.0), bq = rng_uniform(-1.5, 1.5), b0 = rng_uniform(-0.5, 0.5);
+    if (dt != FUSEDCE_F64) a = (float)a, bq = (float)bq, b0 = (float)b0;
+    isa->table->k[dt].grad_exp(eb.p, q, n, NULL, w, a, bq, b0, stream, gb.p);
+    ce_stream_fence();
+
+    char what[200];
+    snprintf(what, sizeof what, "%s grad_exp %s n=%lld w=%d soft=%d stream=%d off=%zu", isa->name, dtype_name[dt],
+             (long long)n, weighted, soft, stream, offset);
+    const double eps = compute_eps(dt);
+    int64_t bad = -1;
+    for (int64_t j = 0; j < n && bad < 0; j++) {
+        const double e = get_weight(dt, eb.p, j), wj = get_weight(dt, w, j);
+        const double b = soft ? bq * get_elem(dt, qb.p, j) + b0 : b0, want = a * e - wj * b;
+        /* both sides round a few times (the double oracle too, for f64) */
+        const double tol = 8 * eps * (fabs(a * e) + fabs(wj) * (fabs(b0) + (soft ? fabs(b - b0) : 0))) +
+                           storage_ulp(dt, want);
+        const double got = get_elem(dt, gb.p, j);
+        if (isnan(want) ? !isnan(got) : !(fabs(got - want) <= tol)) bad = j;
+    }
+    check(bad < 0, "%s: g[%lld] = %.17g, e %.17g q %.17g w %.17g a %.17g bq %.17g b0 %.17g", what, (long long)bad,
+          bad >= 0 ? get_elem(dt, gb.p, bad) : 0.0, bad >= 0 ? get_weight(dt, eb.p, bad) : 0.0,
+          bad >= 0 ? get_elem(dt, qb.p, bad) : 0.0, bad >= 0 ? get_weight(dt, w, bad) : 0.0, a, bq, b0);
+    check(buf_guards_ok(&gb) && buf_guards_ok(&eb) && buf_guards_ok(&qb), "%s: wrote outside g", what);
+    buf_free(&eb), buf_free(&qb), buf_free(&wb), buf_free(&gb);
+}
+
+/* ---- pass 1 with an earlier row's pass 2 alongside: the same bits as the two apart -------- */
+
+static void test_stats_grad_case(const isa_entry *isa, int dt, int64_t n, int weighted, int want_wsum, int stream,
+                                 size_t offset, int special)
+{
+    if (!isa->table->k[dt].stats_grad) return; /* the driver runs the passes apart */
+    const size_t es = dtype_size[dt], cs = weight_size(dt);
+    buffer xb = buf_new((size_t)n * es, offset * es), wb = buf_new((size_t)n * cs, offset * cs);
+    buffer pb = buf_new((size_t)n * es, 0), pe = buf_new((size_t)n * cs, 0);
+    buffer e1 = buf_new((size_t)n * cs, 0), e2 = buf_new((size_t)n * cs, 0);
+    buffer g1 = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es), g2 = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    fill_logits(dt, xb.p, n, special);
+    fill_logits(dt, pb.p, n, SP_NONE); /* the earlier row */
+    fill_weights(dt, wb.p, n);
+    ce_stats prev, got, want;
+    memset(&got, 0, sizeof got), memset(&want, 0, sizeof want);
+    isa->table->k[dt].stats(pb.p, n, NULL, 0.0, NULL, 0, pe.p, &prev);
+    const void *w = weighted ? wb.p : NULL;
+    const double a = rng_uniform(0.1, 2.0), b0 = weighted ? rng_uniform(-0.2, 0.2) : 0.0;
+    /* a plain range somewhere (the target's line), or none */
+    const int64_t plo = n ? (int64_t)(rng_next() % (uint64_t)n) : 0, phi = rng_next() % 2 ? plo + 16 : plo;
+    isa->table->k[dt].stats_grad(xb.p, n, NULL, wb.p, want_wsum, e1.p, &got, pe.p, w, a, b0, stream, plo, phi, g1.p);
+    ce_stream_fence();
+    isa->table->k[dt].stats(xb.p, n, NULL, 0.0, wb.p, want_wsum, e2.p, &want);
+    isa->table->k[dt].grad_exp(pe.p, NULL, n, NULL, w, a, 0.0, b0, stream, g2.p);
+    ce_stream_fence();
+    char what[200];
+    snprintf(what, sizeof what, "%s stats_grad %s n=%lld w=%d wsum=%d stream=%d off=%zu special=%s", isa->name,
+             dtype_name[dt], (long long)n, weighted, want_wsum, stream, offset, special_name[special]);
+    check(memcmp(&got, &want, sizeof got) == 0 && memcmp(e1.p, e2.p, (size_t)n * cs) == 0,
+          "%s: statistics or exponentials differ from stats'", what);
+    check(memcmp(g1.p, g2.p, (size_t)n * es) == 0, "%s: gradient differs from grad_exp's", what);
+    check(buf_guards_ok(&g1) && buf_guards_ok(&e1) && buf_guards_ok(&xb) && buf_guards_ok(&pe), "%s: wrote outside",
+          what);
+    buffer *all[] = {&xb, &wb, &pb, &pe, &e1, &e2, &g1, &g2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) buf_free(all[i]);
 }
 
 /* ---- grad ------------------------------------------------------------------------------- */
@@ -355,7 +467,9 @@ static void test_grad_case(const isa_entry *isa, int dt, int64_t n, double softc
 
     /* shift: the row max rounded to the compute type, as the driver passes it */
     ce_stats st;
-    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, &st);
+    buffer sb = buf_new((size_t)n * weight_size(dt), 0);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, sb.p, &st);
+    buf_free(&sb);
     double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
     shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
     const double a = rng_uniform(0.1, 2.0), b = rng_uniform(-1.0, 1.0);
@@ -494,8 +608,11 @@ static void test_stats_soft_case(const isa_entry *isa, int dt, int64_t n, double
     ce_stats got, port;
     memset(&got, 0, sizeof got);
     memset(&port, 0, sizeof port);
-    isa->table->k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, &got);
-    ce_table_portable.k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, &port);
+    buffer eb = buf_new((size_t)n * weight_size(dt), 0);
+    isa->table->k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, eb.p, &got);
+    ce_table_portable.k[dt].stats_soft(xb.p, qb.p, n, softcap, w, want_wsum, eb.p, &port);
+    check(buf_guards_ok(&eb), "stats_soft: wrote outside e");
+    buf_free(&eb);
 
     char what[200];
     snprintf(what, sizeof what, "%s stats_soft %s n=%lld cap=%g w=%d wsum=%d off=%zu special=%s",
@@ -552,7 +669,9 @@ static void test_grad_soft_case(const isa_entry *isa, int dt, int64_t n, double 
     const void *w = weighted ? wb.p : NULL;
 
     ce_stats st;
-    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, &st);
+    buffer sb = buf_new((size_t)n * weight_size(dt), 0);
+    ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, NULL, 0, sb.p, &st);
+    buf_free(&sb);
     double shift = isfinite(st.max) ? st.max + rng_uniform(-0.5, 0.5) : 0.0;
     shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
     const double a = rng_uniform(0.1, 2.0), bq = rng_uniform(-1.5, 1.5);
@@ -873,6 +992,38 @@ static void test_exp(const isa_entry *isa, int exhaustive)
     check(tails_ok, "%s vexp tails", isa->name);
 }
 
+/* The softmax's exp (vexpn_f32): every float (exhaustive) or a sample in [-87, 0], in ULP of the
+ * result; where results are at least 2^-24 (x >= -16.6, what a sum or a probability can tell
+ * from 0 against the row's largest term, 1) on its own. */
+static void test_expn(const isa_entry *isa, int exhaustive)
+{
+    static float xs[CHUNK], ys[CHUNK];
+    const uint32_t stride = exhaustive ? 1 : 2039;
+    double worst = 0, worst_big = 0;
+    float wx = 0, wx_big = 0;
+    uint64_t u = 0x80000000u;
+    while (u < 0xC2AE0001u) { /* -0 to -87 */
+        int m = 0;
+        for (; m < CHUNK && u < 0xC2AE0001u; m++, u += stride) xs[m] = f32_from_bits((uint32_t)u);
+        isa->table->vexpn_f32(xs, m, ys);
+        for (int i = 0; i < m; i++) {
+            const double ref = exp((double)xs[i]), err = fabs((double)ys[i] - ref) / ulp_f32(ref);
+            if (!(err <= worst)) worst = err, wx = xs[i];
+            if (ref >= 0x1p-24 && !(err <= worst_big)) worst_big = err, wx_big = xs[i];
+        }
+    }
+    printf("%-8s softmax exp f32: max %.3f ULP over [-87, 0] (at %.9g), %.3f ULP where >= 2^-24 (at %.9g)%s\n",
+           isa->name, worst, (double)wx, worst_big, (double)wx_big, exhaustive ? ", every float" : "");
+    check(worst <= 5.5 && worst_big <= 3.0, "%s softmax exp max ULP %.3f / %.3f", isa->name, worst, worst_big);
+    const float sp[] = {-INFINITY, NAN, -0.0f, 0.0f, -1000.0f, 1e-7f};
+    float ysp[6];
+    isa->table->vexpn_f32(sp, 6, ysp);
+    check(ysp[0] == 0.0f && !signbit(ysp[0]) && isnan(ysp[1]) && ysp[2] == 1.0f && ysp[3] == 1.0f && ysp[4] == 0.0f &&
+              fabsf(ysp[5] - 1.0000001f) <= 0x1p-23f,
+          "%s softmax exp special values: %g %g %g %g %g %g", isa->name, ysp[0], ysp[1], ysp[2], ysp[3], ysp[4],
+          ysp[5]);
+}
+
 /* tanh through stats: with softcap 1 and one element, max is tanh(x) in the compute type. */
 static void test_tanh(const isa_entry *isa, int exhaustive)
 {
@@ -884,10 +1035,11 @@ static void test_tanh(const isa_entry *isa, int exhaustive)
                                       : rng_logspaced(-36, 4);
         const float xf = (float)x;
         ce_stats s;
-        isa->table->k[FUSEDCE_F32].stats(&xf, 1, NULL, 1.0, NULL, 1, &s);
+        double e[2];
+        isa->table->k[FUSEDCE_F32].stats(&xf, 1, NULL, 1.0, NULL, 1, e, &s);
         const double ref32 = tanh((double)xf), err32 = fabs(s.max - ref32) / ulp_f32(ref32);
         if (err32 > worst32) worst32 = err32, wx32 = xf;
-        isa->table->k[FUSEDCE_F64].stats(&x, 1, NULL, 1.0, NULL, 1, &s);
+        isa->table->k[FUSEDCE_F64].stats(&x, 1, NULL, 1.0, NULL, 1, e, &s);
         const long double ref64 = tanhl((long double)x);
         const double err64 = (double)(fabsl((long double)s.max - ref64) / ulp_f64(ref64));
         if (err64 > worst64) worst64 = err64, wx64 = x;
@@ -900,7 +1052,8 @@ static void test_tanh(const isa_entry *isa, int exhaustive)
               "%s tanh max ULP %.3f / %.3f > 2", isa->name, worst32, worst64);
     float inf_in[2] = {INFINITY, -INFINITY};
     ce_stats s;
-    isa->table->k[FUSEDCE_F32].stats(inf_in, 2, NULL, 3.0, NULL, 1, &s);
+    double e[2];
+    isa->table->k[FUSEDCE_F32].stats(inf_in, 2, NULL, 3.0, NULL, 1, e, &s);
     check(s.max == 3.0 && s.wsum == -6.0 && s.wtotal == 2.0, "%s softcap of +-inf: max %g wsum %g",
           isa->name, s.max, s.wsum);
 }
@@ -915,8 +1068,104 @@ static int64_t length_at(int i)
 }
 #define N_LENGTHS (65 + 6)
 
-int main(void)
+/* ---- hashes ------------------------------------------------------------------------------ */
+
+/* Lines are per architecture: portable's hashes follow the C library's expf and tanhf. */
+#if defined(__x86_64__)
+#define HASH_ARCH "x86_64"
+#elif defined(__aarch64__)
+#define HASH_ARCH "aarch64"
+#else
+#define HASH_ARCH "other"
+#endif
+
+static void print_hash(const char *isa, const char *dtype, const char *name, uint64_t hash, void *ctx)
 {
+    (void)ctx;
+    printf("%s %s %s %s %016llx\n", HASH_ARCH, isa, dtype, name, (unsigned long long)hash);
+}
+
+typedef struct {
+    char arch[16], isa[16], dtype[8], name[96];
+    unsigned long long hash;
+    int seen;
+} recorded_hash;
+typedef struct {
+    recorded_hash *rec;
+    int n;
+    long mismatched, missing;
+} hash_file;
+
+static void compare_hash(const char *isa, const char *dtype, const char *name, uint64_t hash, void *ctx)
+{
+    hash_file *f = (hash_file *)ctx;
+    for (int i = 0; i < f->n; i++) {
+        recorded_hash *r = &f->rec[i];
+        if (strcmp(r->isa, isa) || strcmp(r->dtype, dtype) || strcmp(r->name, name)) continue;
+        r->seen = 1;
+        if (r->hash != (unsigned long long)hash) {
+            f->mismatched++;
+            check(0, "hash of %s %s %s: %016llx, recorded %016llx", isa, dtype, name,
+                  (unsigned long long)hash, r->hash);
+        }
+        return;
+    }
+    f->missing++;
+    check(0, "hash of %s %s %s (%016llx) is not recorded", isa, dtype, name, (unsigned long long)hash);
+}
+
+/* Every hash of the ISAs this CPU runs against the file's (lines of other ISAs and
+ * architectures are left). */
+static void check_hashes(const char *path)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        check(0, "cannot read %s", path);
+        return;
+    }
+    hash_file f = {NULL, 0, 0, 0};
+    int cap = 0;
+    char line[256];
+    while (fgets(line, sizeof line, fp)) {
+        if (f.n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            f.rec = realloc(f.rec, (size_t)cap * sizeof *f.rec);
+            if (!f.rec) exit(2);
+        }
+        recorded_hash *r = &f.rec[f.n];
+        r->seen = 0;
+        if (sscanf(line, "%15s %15s %7s %95s %llx", r->arch, r->isa, r->dtype, r->name, &r->hash) == 5 &&
+            strcmp(r->arch, HASH_ARCH) == 0)
+            f.n++;
+    }
+    fclose(fp);
+    fails_to_show = n_failed + 20;
+    for (int ii = 0; ii < N_ISAS; ii++) {
+        if (!isa_runs(&isas[ii], 1)) continue;
+        const long mismatched = f.mismatched, missing = f.missing;
+        kernel_hashes(isas[ii].name, isas[ii].table, compare_hash, &f);
+        for (int i = 0; i < f.n; i++)
+            check(f.rec[i].seen || strcmp(f.rec[i].isa, isas[ii].name) != 0,
+                  "recorded hash %s %s %s was not produced", f.rec[i].isa, f.rec[i].dtype, f.rec[i].name);
+        printf("%-8s hashes: %s (%ld differ, %ld not recorded)\n", isas[ii].name,
+               f.mismatched == mismatched && f.missing == missing ? "as recorded" : "CHANGED",
+               f.mismatched - mismatched, f.missing - missing);
+    }
+    free(f.rec);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--hashes") == 0) {
+        for (int ii = 0; ii < N_ISAS; ii++)
+            if (isa_runs(&isas[ii], 1)) kernel_hashes(isas[ii].name, isas[ii].table, print_hash, NULL);
+        return 0;
+    }
+    const char *hash_path = argc == 3 && strcmp(argv[1], "--check-hashes") == 0 ? argv[2] : NULL;
+    if (argc > 1 && !hash_path) {
+        fprintf(stderr, "usage: %s [--hashes | --check-hashes FILE]\n", argv[0]);
+        return 2;
+    }
     const char *ex = getenv("FUSEDCE_TEST_EXHAUSTIVE");
     const int exhaustive = ex && *ex && *ex != '0';
     /* FUSEDCE_TEST_SMALL=1 (valgrind): every length and special value still, but a subset
@@ -927,13 +1176,15 @@ int main(void)
     const int bce_variant_step = small ? 9 : 1;  /* 0, 9, ..., 63: each of 6 bits on and off */
     for (int ii = 0; ii < N_ISAS; ii++) {
         const isa_entry *isa = &isas[ii];
-        if (!isa->supported()) {
-            printf("%-8s skipped: this CPU lacks it\n", isa->name);
-            continue;
-        }
+        if (!isa_runs(isa, 0)) continue;
         const long failed_before = n_failed;
         fails_to_show = n_failed + 20; /* the first few of each ISA */
+        if (isa->table != &ce_table_portable) {
+            check(isa->vocab_test != NULL, "%s: its vocabulary test is not built in", isa->name);
+            if (isa->vocab_test) isa->vocab_test(check);
+        }
         test_exp(isa, exhaustive);
+        test_expn(isa, exhaustive);
         test_tanh(isa, exhaustive);
         test_softplus(isa);
         for (int dt = 0; dt < 4; dt++) {
@@ -954,6 +1205,13 @@ int main(void)
                 for (int special = 0; special < SP_COUNT; special++)
                     for (int variant = 0; variant < 64; variant += bce_variant_step)
                         test_bce_case(isa, dt, n, variant, special);
+                for (int variant = 0; variant < 16; variant += variant_step)
+                    test_grad_exp_case(isa, dt, n, variant & 1, (variant >> 1) & 1, (variant >> 2) & 1,
+                                       (variant >> 3) ? (size_t)(1 + rng_next() % 7) : 0);
+                for (int special = 0; special < SP_COUNT; special++)
+                    for (int variant = 0; variant < 16; variant += variant_step)
+                        test_stats_grad_case(isa, dt, n, variant & 1, (variant >> 1) & 1, (variant >> 2) & 1,
+                                             (variant >> 3) ? (size_t)(1 + rng_next() % 7) : 0, special);
                 for (int special = 0; special < SP_COUNT; special++)
                     for (size_t offset = 0; offset < 3; offset++)
                         test_shift_case(isa, dt, n, offset * 3, special);
@@ -965,9 +1223,12 @@ int main(void)
             test_stats_soft_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
             test_grad_soft_case(isa, dt, 262147, 0.0, 1, 1, 1, SP_NONE);
             test_bce_case(isa, dt, 262147, 7 | 32, SP_NONE);
+            test_grad_exp_case(isa, dt, 262147, 1, 1, 1, 1);
+            test_stats_grad_case(isa, dt, 262147, 1, 1, 1, 1, SP_NONE);
         }
         printf("%-8s %s\n", isa->name, n_failed == failed_before ? "ok" : "FAILED");
     }
+    if (hash_path) check_hashes(hash_path);
     printf("%ld passed, %ld failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
 }

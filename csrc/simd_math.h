@@ -1,0 +1,177 @@
+/* Vector exp, tanh and log1p, written once over a vocabulary (simd_kernels.h) for one lane
+ * family: included with CE_FAM f (float lanes) or d (double lanes), it defines ce_exp_<fam>,
+ * ce_tanh_<fam> and ce_log1p01_<fam>. The coefficients are here, once per precision.
+ *
+ * exp(x) = 2^n * e^r with n = round(x / ln2), r = x - n*ln2 in two FMA steps (the first is
+ * exact), e^r = 1 + r*(1 + r*P(r)) on |r| <= ln2/2 with P a Chebyshev fit derived for this
+ * library (degree 4 for float, 10 for double). 2^n is scalef where the ISA has it, else two
+ * normal powers 2^n1 * 2^n2 with n1 = n clamped to the normal exponents; either way the last
+ * step rounds once into the subnormal range.
+ *
+ * Measured max error, in ULP of the result against a more precise exp (tests/c/test_kernels.c
+ * with FUSEDCE_TEST_EXHAUSTIVE=1; NEON under qemu-aarch64 on its default sample):
+ *   float:  0.97 ULP over every float in [-104, 89] (AVX-512 and AVX2; NEON 0.87 sampled)
+ *   double: 0.87 ULP (AVX-512), 0.89 (AVX2), 0.82 (NEON) over 2^24 doubles in [-746, 710]
+ * i.e. x <= 0 down to past the underflow (the max-subtracted softmax) and positive x up to
+ * past the overflow. Special values: exp(-inf) = +0 exactly, exp(NaN) = NaN, exp(+inf) = +inf;
+ * results below FLT_MIN / DBL_MIN are correctly rounded subnormals (not flushed, unless the
+ * caller set MXCSR.FTZ / FPCR.FZ), and exactly 0 below half the smallest subnormal
+ * (x < -103.97 float, x < -745.13 double).
+ */
+
+/* Constants per family: NAME_f (float) and NAME_d (double). */
+#ifndef FUSEDCE_SIMD_MATH_CONSTANTS
+#define FUSEDCE_SIMD_MATH_CONSTANTS
+/* Clamping keeps r finite for +-inf; the bounds already give 0 and +inf after scaling. */
+#define CE_EXP_LO_f (-104.0f)
+#define CE_EXP_HI_f 89.0f
+#define CE_EXP_LO_d (-746.0)
+#define CE_EXP_HI_d 710.0
+/* n is rounded by adding 1.5*2^(mantissa bits) inside the FMA; t's low bits are then n */
+#define CE_SHIFTER_f 0x1.8p23f
+#define CE_SHIFTER_d 0x1.8p52
+#define CE_LOG2E_f 0x1.715476p+0f
+#define CE_LOG2E_d 0x1.71547652b82fep+0
+#define CE_LN2_HI_f 0x1.62e430p-1f /* ln2 = hi + lo; n*hi is exact */
+#define CE_LN2_LO_f (-0x1.05c610p-29f)
+#define CE_LN2_HI_d 0x1.62e42fefa39efp-1
+#define CE_LN2_LO_d 0x1.abc9e3b39803fp-56
+/* 2^n = 2^n1 * 2^n2, n1 = clamp(n) to the normal exponents, n2 = n - n1 (also normal) */
+#define CE_EMIN_f (-126)
+#define CE_EMAX_f 127
+#define CE_EMIN_d (-1022)
+#define CE_EMAX_d 1023
+/* h(r) = 1 + r*P(r): e^r = 1 + r*h, highest degree first (Horner) */
+#define CE_EXP_H_f 0x1.6d113cp-10f, 0x1.120ba2p-7f, 0x1.55551ap-5f, 0x1.5554dcp-3f, 0.5f, 1.0f
+#define CE_EXP_H_d                                                                               \
+    0x1.1f731ea5352cap-29, 0x1.af4e196027428p-26, 0x1.27e4db57442fbp-22, 0x1.71de021a90822p-19, \
+        0x1.a01a01a6dcaffp-16, 0x1.a01a01abef415p-13, 0x1.6c16c16c162ccp-10,                    \
+        0x1.11111111100cep-7, 0x1.5555555555556p-5, 0x1.5555555555557p-3, 0.5, 1.0
+/* tanh(z) = z + z^3*Q(z^2) on |z| < 0.55 */
+#define CE_TANH_Q_f -0x1.b13538p-8f, 0x1.5d220ep-6f, -0x1.b9a044p-5f, 0x1.110feap-3f, -0x1.555554p-2f
+#define CE_TANH_Q_d                                                                              \
+    -0x1.59a834187ce22p-16, 0x1.64fd88e9900a5p-14, -0x1.ec1091436eb2ap-13,                       \
+        0x1.34c5a8a996cd4p-11, -0x1.7d97cfd138c28p-10, 0x1.d6d339333f329p-9,                     \
+        -0x1.226e32f00cf0cp-7, 0x1.664f487713373p-6, -0x1.ba1ba1b9fec84p-5,                      \
+        0x1.1111111111032p-3, -0x1.5555555555555p-2
+/* The softmax's exp (ce_expn): e^r = 1 + r + r^2*Q(r), Q a relative-minimax fit derived for
+ * this library (degree 3); float only (double keeps ce_exp) */
+#define CE_EXPN_CHEAP_f 1
+#define CE_EXPN_CHEAP_d 0
+#define CE_EXPN_Q_f 0x1.1062500p-7f, 0x1.572a640p-5f, 0x1.5557b00p-3f, 0x1.fffdfc0p-2f
+/* log1p: R = z*P(z), z = s^2 */
+#define CE_LOG1P_P_f 0x1.e5daf0p-3f, 0x1.24308ep-2f, 0x1.999a5cp-2f, 0x1.555556p-1f
+#define CE_LOG1P_P_d                                                                             \
+    0x1.16927950b0e0ap-3, 0x1.0e8db0a880191p-3, 0x1.3b29bd57e7dcbp-3, 0x1.745cacc6a61c6p-3,     \
+        0x1.c71c72dd88afbp-3, 0x1.24924923dff48p-2, 0x1.9999999999f08p-2, 0x1.5555555555555p-1
+#endif
+
+#define CE_K(name) CE_CAT(name##_, CE_FAM) /* the family's constant */
+#define CE_M(name) CE_CAT(name##_, CE_FAM) /* the family's function */
+
+/* Horner: c[0] x^(n-1) + ... + c[n-1], with fma(p, x, c) steps */
+CE_INLINE V CE_M(ce_horner)(V x, const CT *c, int n)
+{
+    V p = VOP(set1)(c[0]);
+    for (int i = 1; i < n; i++) p = VOP(fma)(p, x, VOP(set1)(c[i]));
+    return p;
+}
+#define CE_POLY(x, coefficients)                                                                 \
+    CE_M(ce_horner)((x), (const CT[]){coefficients},                                             \
+                    (int)(sizeof((const CT[]){coefficients}) / sizeof(CT)))
+
+CE_INLINE V CE_M(ce_exp)(V x)
+{
+    const V shifter = VOP(set1)(CE_K(CE_SHIFTER));
+    x = VOP(clamp)(x, CE_K(CE_EXP_LO), CE_K(CE_EXP_HI)); /* NaN stays NaN */
+    const V t = VOP(fma)(x, VOP(set1)(CE_K(CE_LOG2E)), shifter);
+    const V n = VOP(sub)(t, shifter);
+    V r = VOP(fnma)(n, VOP(set1)(CE_K(CE_LN2_HI)), x);
+    r = VOP(fnma)(n, VOP(set1)(CE_K(CE_LN2_LO)), r);
+    const V er = VOP(fma)(r, CE_POLY(r, CE_K(CE_EXP_H)), VOP(set1)(1));
+#if CE_HAVE_SCALEF
+    return VOP(scalef)(er, n);
+#else
+    const V t1 = VOP(clamp)(t, CE_K(CE_SHIFTER) + CE_K(CE_EMIN), CE_K(CE_SHIFTER) + CE_K(CE_EMAX));
+    const V t2 = VOP(add)(VOP(sub)(t, t1), shifter);
+    return VOP(mul)(VOP(mul)(er, VOP(pow2i)(t1)), VOP(pow2i)(t2));
+#endif
+}
+
+/* exp for the softmax's arguments, y - max <= 0 (a little above in a backward from a given
+ * lse), where every exponential is taken: the float one is cheaper than ce_exp. One reduction
+ * step, r = x - n*ln2_hi (off by n*(ln2 - ln2_hi), 1.9e-9*|n|, relative to the result, which
+ * matters only where the result is tiny against the row's largest term, 1), and a degree-5
+ * polynomial (3 coefficients fitted, relative error 1.05e-7). Measured max error, every float
+ * in [-87, 0] (tests/c/test_kernels.c with FUSEDCE_TEST_EXHAUSTIVE=1, AVX-512 and AVX2 alike):
+ * 4.93 ULP, at the deep end where the reduction's error grows with |n|; 2.51 ULP where results
+ * are 2^-24 and more (x >= -16.6), all a sum or a probability can tell from 0 against the row's
+ * largest term, 1. The loss and gradient bounds hold (tests/tolerances.py). 2^n is scalef (AVX-512:
+ * subnormal results, 0 below -103.97), else the bits of t, which flush results below 2^-126 to
+ * 0 (x < -87.34) and overflow to inf from 88.38 on. exp(-inf) = 0, NaN stays NaN. */
+CE_INLINE V CE_M(ce_expn)(V x)
+{
+#if CE_K(CE_EXPN_CHEAP)
+    const V shifter = VOP(set1)(CE_K(CE_SHIFTER));
+#if CE_HAVE_SCALEF
+    x = VOP(clamp)(x, CE_K(CE_EXP_LO), CE_K(CE_EXP_HI)); /* NaN stays NaN */
+#else
+    /* n in [-127, 128]: 2^-127 has the bits of 0, 2^128 those of inf */
+    x = VOP(clamp)(x, (CT)-88.0, (CT)88.7);
+#endif
+    const V t = VOP(fma)(x, VOP(set1)(CE_K(CE_LOG2E)), shifter);
+    const V n = VOP(sub)(t, shifter);
+    const V r = VOP(fnma)(n, VOP(set1)(CE_K(CE_LN2_HI)), x);
+    const V one = VOP(set1)(1);
+    const V er = VOP(fma)(VOP(fma)(CE_POLY(r, CE_K(CE_EXPN_Q)), r, one), r, one);
+#if CE_HAVE_SCALEF
+    return VOP(scalef)(er, n);
+#else
+    return VOP(mul)(er, VOP(pow2i)(t));
+#endif
+#else
+    return CE_M(ce_exp)(x);
+#endif
+}
+
+/* tanh(z) = z + z^3*Q(z^2) for |z| < 0.55 (Q a Chebyshev fit derived for this library, degree
+ * 4 for float, 10 for double), else 1 - 2/(e^(2|z|) + 1), whose rounding errors shrink as tanh
+ * approaches 1; the sign of z restored. Max error 1.6 ULP (float and double, 2^24 points,
+ * tests/c/test_kernels.c); tanh(+-inf) = +-1 (e^inf = inf), NaN stays NaN. */
+CE_INLINE V CE_M(ce_tanh)(V z)
+{
+    const V a = VOP(abs)(z), u = VOP(mul)(a, a), one = VOP(set1)(1);
+    const V small = VOP(fma)(VOP(mul)(a, u), CE_POLY(u, CE_K(CE_TANH_Q)), a);
+    const V e2 = CE_M(ce_exp)(VOP(add)(a, a));
+    const V large = VOP(sub)(one, VOP(div)(VOP(set1)(2), VOP(add)(e2, one)));
+    return VOP(copysign)(VOP(select)(VOP(lt)(a, VOP(set1)((CT)0.55)), small, large), z);
+}
+
+/* log1p(e) for e in [0, 1], the softplus term log1p(exp(-|x|)). With f = e (e < 1/2) or
+ * f = (e - 1)/2 and k = 1 (e >= 1/2, so 1 + e = 2(1 + f)), f is exact (Sterbenz) and lies in
+ * [-1/4, 1/2); log1p(f) = 2 atanh(s), s = f/(2 + f), is written f - f^2/2 + s(f^2/2 + R) with
+ * R = z*P(z), z = s^2 <= 1/25, P a relative-minimax fit derived for this library (degree 3 for
+ * float, 7 for double), so the correction to the exact f is small; k*ln2 goes in two parts, the
+ * rounding of k*ln2_hi + f carried. Measured max error against log1pl: 0.875 ULP over every
+ * float in [0, 1], 0.861 ULP over 2^24 doubles in [0, 1] (uniform and log-spaced).
+ * log1p(0) = 0 exactly, NaN stays NaN; outside [0, 1] it is not meant for use. */
+CE_INLINE V CE_M(ce_log1p01)(V e)
+{
+    const V half = VOP(set1)((CT)0.5);
+    const M hi = VOP(ge)(e, half);
+    const V f = VOP(select)(hi, VOP(mul)(VOP(sub)(e, VOP(set1)(1)), half), e); /* exact */
+    const V s = VOP(div)(f, VOP(add)(f, VOP(set1)(2)));
+    const V z = VOP(mul)(s, s);
+    const V hfsq = VOP(mul)(VOP(mul)(half, f), f);
+    V lo = VOP(fms)(s, VOP(fma)(CE_POLY(z, CE_K(CE_LOG1P_P)), z, hfsq), hfsq);
+    lo = VOP(mask_add)(lo, hi, VOP(set1)(CE_K(CE_LN2_LO)));
+    /* k*ln2_hi + f with its rounding error kept (Fast2Sum: ln2_hi > |f|), one rounding left */
+    const V c = VOP(maskz)(hi, VOP(set1)(CE_K(CE_LN2_HI)));
+    const V top = VOP(add)(c, f);
+    lo = VOP(add)(lo, VOP(add)(VOP(sub)(c, top), f));
+    return VOP(add)(top, lo);
+}
+
+#undef CE_POLY
+#undef CE_M
+#undef CE_K
