@@ -94,7 +94,7 @@ def check(gathered, explicit):
     header = gathered[:, :HEADER].cpu().tolist()
     if len({h[SETTINGS_SUM] for h in header}) > 1:
         raise ValueError("the loss's options differ between the ranks of the group (reduction, ignore_index, "
-                         "label_smoothing, z_loss, softcap, num_items, dtype, vocab_size, or vocab_start given or not): "
+                         "label_smoothing, z_loss, softcap, num_items, dtype, batch shape, or vocab_start given or not): "
                          "every rank must call it alike")
     if len({h[WEIGHT_SUM] for h in header}) > 1:
         raise ValueError("weight (the class weights) differs between the ranks of the group: every rank must "

@@ -69,7 +69,7 @@ def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, weight=Non
                      weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                      z_loss=z_loss, softcap=softcap, vocab_start=vocab_start, vocab_size=vocab_size,
                      num_items=num_items)
-    x = logits_shard.reshape(-1, shard_size)
+    x = logits_shard.reshape(batch_shape.numel(), shard_size)  # explicit rows: a shard may have no classes
     loss = _VocabParallelCrossEntropy.apply(x, s)
     if s.reduction == "none":
         loss = loss.reshape(batch_shape)

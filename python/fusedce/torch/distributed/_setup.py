@@ -87,7 +87,7 @@ def setup(shard_size, dtype, device, batch_shape, target, *, group, weight, igno
                          f"got {tuple(weight.shape)}")
     opts = Options(ignore_index, label_smoothing, z_loss, softcap or 0.0)
     settings = _collective.settings_checksum(reduction, ignore_index, label_smoothing, z_loss, softcap, num_items,
-                                             str(dtype), explicit, total, tuple(batch_shape))
+                                             str(dtype), explicit, tuple(batch_shape))
     return Setup(group=group, rank=rank, world=world, shard=Shard(start, shard_size, total), explicit=explicit,
                  opts=opts, reduction=reduction, num_items=num_items, target=target.reshape(-1).to(torch.int64),
                  weight=weight, settings_sum=settings)
