@@ -18,7 +18,7 @@ import torch
 
 from fusedce import _shard
 
-from .._tensors import kernel_array
+from .._tensors import empty_like, kernel_array
 
 #: tests set this to run the torch-ops path on CPU tensors
 TORCH_OPS = False
@@ -69,7 +69,7 @@ def gradient(x, target, weight, lse, scale, shard, opts, out=None):
     be x itself). lse: float64 (rows,) whole-row lse; scale: float64 (rows,) per-row factors."""
     if _use_kernels(x):
         x = x.contiguous()
-        out = torch.empty_like(x) if out is None else out
+        out = empty_like(x) if out is None else out  # the buffer pool: resident pages (see _tensors)
         _shard.gradient(kernel_array(x), kernel_array(target.contiguous()), _weight64(weight),
                         kernel_array(lse.contiguous()), kernel_array(scale.contiguous()), kernel_array(out),
                         offset=shard.start, total=shard.total, ignore_index=opts.ignore_index,
