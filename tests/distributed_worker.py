@@ -15,7 +15,9 @@ import os
 import torch
 import torch.distributed as dist
 
-RTOL = {torch.float64: 1e-10, torch.float32: 2e-6}
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-6,
+        # half: both sides compute in float32 and round once; they may land an ulp apart
+        torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 OPTIONS = {
     "plain": {},
@@ -186,6 +188,8 @@ class Battery:
             # num_items: the sum over a count the caller knows
             x, t, w = make_case(15, 7, 2 * world, dtype, True)
             self.vocab_parallel(f"{dtype} num_items", x, t, w, OPTIONS["weight"], num_items=11)
+        x, t, w = make_case(16, 9, 3 * world, torch.float16, True, 3)
+        self.vocab_parallel("float16 all", x, t, w, OPTIONS["all"])
 
     def torch_ops_path(self):
         """The path CUDA tensors take (torch ops for the shard's work), here on the CPU."""
@@ -317,8 +321,8 @@ class Battery:
 
             try:
                 vocab_parallel_cross_entropy(x[:, :4], t, group=sub, weight=w)
-            except (ValueError, TypeError) as e:
-                assert "not a member" in str(e) or "not in the group" in str(e), e
+            except ValueError as e:
+                assert "not a member" in str(e), e
             else:
                 raise AssertionError("a rank outside the group was not refused")
         dist.barrier()

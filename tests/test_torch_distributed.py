@@ -73,6 +73,30 @@ def test_shards_merge_to_the_whole_rows(monkeypatch, impl, dtype, option, cuts):
 
 
 @pytest.mark.parametrize("impl", ["kernels", "torch ops"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_shards(monkeypatch, impl, dtype):
+    """float16/bfloat16 shards: computed in float32, the gradient rounded once, as one process."""
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
+    monkeypatch.setattr(_shard_math, "TORCH_OPS", impl == "torch ops")
+    kw = worker.OPTIONS["all"]
+    x, target, weight = worker.make_case(seed=8, rows=11, vocab=30, dtype=dtype, weighted=True, ignore_index=3)
+    opts = worker.shard_options(kw)
+    cuts = (0, 9, 21, 30)
+    gathered, shards = _stacked_gather(x, target, weight, cuts, opts)
+    lse, row_loss = _collective.merge(gathered, target, weight, shards, opts)
+    full = x.clone().requires_grad_()
+    fusedce.torch.cross_entropy(full, target, weight, reduction="sum", **worker.torch_options(kw)).backward()
+    ref = fusedce.torch.cross_entropy(x.float(), target, weight.float(), reduction="none", **worker.torch_options(kw))
+    worker.assert_close(row_loss, ref, torch.float32 if impl == "kernels" else dtype, "per-row loss")
+    ones = torch.ones(x.shape[0], dtype=torch.float64)
+    grads = [_shard_math.gradient(x[:, s.start:s.start + s.size].contiguous(), target, weight, lse, ones, s, opts)
+             for s in shards]
+    assert grads[0].dtype == dtype
+    worker.assert_close(torch.cat(grads, dim=1), full.grad, dtype, "gradient", per_element=False)
+
+
+@pytest.mark.parametrize("impl", ["kernels", "torch ops"])
 def test_shards_with_minus_inf_logits_and_all_rows_ignored(monkeypatch, impl):
     """A shard whose logits are all -inf (a padded vocabulary), and a batch of ignored rows."""
     monkeypatch.setattr(_shard_math, "TORCH_OPS", impl == "torch ops")

@@ -35,13 +35,15 @@ def resolve_group(group):
                            "(torch.distributed.init_process_group)")
     if group is None:
         group = dist.group.WORLD
+    outside = ValueError(f"this process (global rank {dist.get_rank()}) is not a member of the given group; "
+                         "call the loss only on the group's ranks")
+    if group is dist.GroupMember.NON_GROUP_MEMBER:  # what new_group() gives the ranks it leaves out
+        raise outside
     if not isinstance(group, dist.ProcessGroup):
-        raise TypeError(f"group must be a torch.distributed.ProcessGroup or None, got {type(group).__name__} "
-                        f"(this process is not in the group new_group() made when it returns a non-group)")
+        raise TypeError(f"group must be a torch.distributed.ProcessGroup or None, got {type(group).__name__}")
     rank = dist.get_rank(group)
     if rank < 0:
-        raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of the given group; "
-                         "call the loss only on the group's ranks")
+        raise outside
     return group, rank, dist.get_world_size(group)
 
 

@@ -140,7 +140,7 @@ def _gradient_torch(x, target, weight, lse, scale, shard, opts):
     y = _capped(x, opts)
     counted, owned, local, w_t = _target_parts(target, weight, shard, opts)
     e, z, V = opts.label_smoothing, opts.z_loss, shard.total
-    W = float(weight.to(torch.float64).sum()) if weight is not None else float(V)
+    W = weight.to(torch.float64).sum() if weight is not None else float(V)  # a tensor: no host sync
     scale = torch.where(counted, scale, 0.0)
     lse_ok = torch.where(counted, lse, 0.0)
     # p_j = exp(y_j - lse) = exp(y_j - shift) exp(shift - lse), the second factor in float64
