@@ -85,7 +85,7 @@ typedef struct ce_job {
     int dtype;
     size_t es;
     size_t wes;                  /* bytes per class weight: the compute type's */
-    double total_weight;         /* W = sum of class weights (K without weights) */
+    double total_weight;         /* W = sum of class weights (K without weights), over the whole row */
     int stream;                  /* non-temporal gradient stores */
     int64_t chunks;              /* CE_CHUNK runs per row */
     char *scratch;               /* per thread: a segment's exponentials (compute type) and,
@@ -96,7 +96,20 @@ typedef struct ce_job {
     int keep_exp;                /* pass 1 keeps them: there is a pass 2 that reads them */
     int row_ahead;               /* pass 1 prefetches the next row (it fits in L2 beside this) */
     int pipeline;                /* whole rows: pass 2 of a row during pass 1 of the next */
+    /* Vocabulary shards (fusedce.h, class_offset/total_classes): the logits are the classes
+     * [offset, offset + classes) of a row of K classes. Whole rows: offset 0, K = classes. */
+    int shard;
+    int64_t offset;
+    double K;
 } ce_job;
+
+/* The class target's element in the logits' row (target - offset) when the shard holds it,
+ * else -1 (always the target itself for whole rows). */
+static int64_t ce_local_target(const ce_job *J, int64_t t)
+{
+    const int64_t local = t - J->offset;
+    return local >= 0 && local < J->a->classes ? local : -1;
+}
 
 /* The scalars of one row once its lse is known: grad_j = ca*p_j - w_j*(bq*q_j + b0) (times
  * dy_j/dx_j under the softcap), p_j = exp(y_j - lse). */
@@ -130,7 +143,7 @@ static double ce_target_y(const ce_job *J, const char *x_row, int64_t t, double 
 /* Class weights from class `lo` on, or NULL. */
 static const void *ce_weight_from(const ce_job *J, int64_t lo)
 {
-    return J->a->weight ? (const char *)J->a->weight + (size_t)lo * J->wes : NULL;
+    return J->a->weight ? (const char *)J->a->weight + (size_t)(J->offset + lo) * J->wes : NULL;
 }
 
 /* Which passes a row needs. Soft targets always need pass 1 (their gradient needs sum w*q),
@@ -264,7 +277,7 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
                              const ce_stats *st, double *loss_out)
 {
     const fusedce_ce_args *a = J->a;
-    const double e = a->label_smoothing, K = (double)a->classes, z = a->z_loss;
+    const double e = a->label_smoothing, K = J->K, z = a->z_loss;
     const double scale = a->grad_scale ? a->grad_scale[r] : a->grad_scale_all;
     ce_row_terms T = {y_t, lse, 0, 0, 0, 0, deriv_t};
     /* The pass-1 sums are relative to ref (kernels.h): sum f*(lse - y) = F*(lse - ref) - sum f*(y - ref),
@@ -279,6 +292,15 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
         if (e > 0) loss += (e / K) * (J->total_weight * d - st->wsum);
         c = wq + 2.0 * z * lse;
         T.bq = scale * (1.0 - e);
+    } else if (J->shard) {
+        /* A shard's partials (lse = its own lse_s): no z-loss, the smoothing sum over its own
+         * classes (st->wtotal, their weights), the target term only where it holds the target.
+         * c below is the whole row's (the gradient call gives lse_in, the row's lse). */
+        const double w_t = ce_weight_at(J->dtype, a->weight, t);
+        loss = ce_local_target(J, t) >= 0 ? (1.0 - e) * w_t * (lse - y_t) : 0.0;
+        if (e > 0) loss += (e / K) * (st->wtotal * d - st->wsum);
+        c = (1.0 - e) * w_t + (e / K) * J->total_weight + 2.0 * z * w_t * lse;
+        T.target_extra = scale * (1.0 - e) * w_t;
     } else {
         const double w_t = ce_weight_at(J->dtype, a->weight, t);
         loss = (1.0 - e) * w_t * (lse - y_t) + z * w_t * lse * lse;
@@ -292,12 +314,13 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
     return T;
 }
 
-static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t r, int64_t t)
+/* tl: the target's element in the logits' row (its class is J->offset + tl). */
+static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t r, int64_t tl)
 {
     const double p_t = exp(T->y_t - T->lse);
-    const double w_t = ce_weight_at(J->dtype, J->a->weight, t);
+    const double w_t = ce_weight_at(J->dtype, J->a->weight, J->offset + tl);
     const double g = (T->ca * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t;
-    ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, t, g);
+    ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, tl, g);
 }
 
 /* The gradient of a row with no pass 1 (backward given lse_in) over [lo, hi): from the logits,
@@ -368,10 +391,13 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
     const int64_t K = a->classes, lo = ce_chunk_lo(c0), hi = c1 < J->chunks ? ce_chunk_lo(c1) : K;
     const int64_t t = a->target_probs ? 0 : ce_target_at(a, r);
     const int counted = a->target_probs || t != a->ignore_index;
-    const int owner = a->target_probs ? first : (counted && t >= lo && t < hi);
+    /* -1: probability targets, an ignored row, or a target in another shard; then the first
+     * thread owns the row's loss */
+    const int64_t tl = a->target_probs || !counted ? -1 : ce_local_target(J, t);
+    const int owner = tl < 0 ? first : (tl >= lo && tl < hi);
     const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
     double deriv_t = 1.0;
-    const double y_t = owner && !a->target_probs ? ce_target_y(J, x_row, t, &deriv_t) : 0.0;
+    const double y_t = owner && tl >= 0 ? ce_target_y(J, x_row, tl, &deriv_t) : 0.0;
     const int need_stats = ce_needs_stats(J, counted);
     if (pend && pend->pending && need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
     else {
@@ -401,14 +427,14 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
     const ce_row_terms T =
         ce_terms(J, r, t, y_t, deriv_t, lse, &row, owner && a->loss ? a->loss + r : NULL);
     if (a->grad) {
-        const int64_t t_here = owner && !a->target_probs ? t : -1;
+        const int64_t t_here = owner ? tl : -1;
         if (pend && need_stats) { /* written during the next row's pass 1 */
             *pend = (ce_pending){r, t_here, T, e, st, 1};
             return;
         }
         if (need_stats) ce_chunks_grad(J, r, next_r, c0, c1, e, st, t_here, &T);
         else ce_grad_from_lse(J, r, next_r, lo, hi, t_here, &T);
-        if (t_here >= 0) ce_write_target_grad(J, &T, r, t);
+        if (t_here >= 0) ce_write_target_grad(J, &T, r, t_here);
     }
 }
 
@@ -449,10 +475,17 @@ static int ce_check(const fusedce_ce_args *a)
     if (!(a->label_smoothing >= 0 && a->label_smoothing <= 1) || !(a->z_loss >= 0) || !(a->softcap >= 0) ||
         !isfinite(a->z_loss) || !isfinite(a->softcap))
         return FUSEDCE_EINVAL;
+    const int shard = a->total_classes != 0;
+    /* a shard: class targets; a place in the row; either the gradient from the row's lse or
+     * the shard's partials (a gradient from the shard's own lse would mean nothing) */
+    if (shard && (a->total_classes < 0 || a->class_offset < 0 || a->class_offset > a->total_classes - a->classes ||
+                  a->target_probs || (a->grad && (!a->lse_in || a->loss))))
+        return FUSEDCE_EINVAL;
     if (a->target_probs) return FUSEDCE_OK;
+    const int64_t K = shard ? a->total_classes : a->classes;
     for (int64_t r = 0; r < a->rows; r++) {
         const int64_t t = ce_target_at(a, r);
-        if (t != a->ignore_index && (t < 0 || t >= a->classes)) {
+        if (t != a->ignore_index && (t < 0 || t >= K)) {
             if (a->bad_row) *a->bad_row = r;
             return FUSEDCE_ETARGET;
         }
@@ -472,10 +505,14 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     J.dtype = dtype;
     J.es = ce_elsize(dtype);
     J.wes = ce_compute_size(dtype);
-    J.total_weight = (double)a->classes;
+    J.shard = a->total_classes != 0;
+    J.offset = J.shard ? a->class_offset : 0;
+    const int64_t row_classes = J.shard ? a->total_classes : a->classes;
+    J.K = (double)row_classes;
+    J.total_weight = (double)row_classes;
     if (a->weight) {
         J.total_weight = 0.0;
-        for (int64_t k = 0; k < a->classes; k++) J.total_weight += ce_weight_at(dtype, a->weight, k);
+        for (int64_t k = 0; k < row_classes; k++) J.total_weight += ce_weight_at(dtype, a->weight, k);
     }
     const int64_t K = a->classes, rows = a->rows;
     const double grad_bytes = (double)rows * (double)K * (double)J.es;

@@ -69,6 +69,20 @@ typedef struct fusedce_ce_args {
     const void *target_probs;    /* rows x classes probability targets q (the logits' dtype), or
                                     NULL for class indices. Then, with q~ = (1-e) q + e/K:
                                     loss[i] = sum_k w_k q~_k (lse - y_k) + z_loss lse^2 */
+    /* A vocabulary shard (tensor parallelism); total_classes = 0 (as zeroed): off, as above.
+     * The logits hold the classes [class_offset, class_offset + classes) of rows that have
+     * total_classes classes. target holds indices into the whole row ([0, total_classes) or
+     * ignore_index; a target outside the shard has no element here), weight (if given) holds
+     * all total_classes class weights, and K and W above are the whole row's. Class-index
+     * targets only. A call either
+     *   computes the gradient: lse_in = the whole row's lse, no loss or lse_out; grad is then
+     *     exactly the whole row's gradient on this shard's classes; or
+     *   computes the shard's partials: no grad; lse_out = lse_s, the shard's own lse, and
+     *     loss[i] = (1-e) w_t (lse_s - y_t) [t in the shard] + (e/K) sum_{k in shard} w_k (lse_s - y_k)
+     *     (no z-loss term: it needs the whole row's lse), every term >= 0 relative to lse_s,
+     *     which a caller merges over the shards without cancellation. */
+    int64_t class_offset;
+    int64_t total_classes;
 } fusedce_ce_args;
 
 int fusedce_ce_f32(const fusedce_ce_args *args);

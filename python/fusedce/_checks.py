@@ -235,6 +235,10 @@ class CECall:
     grad: np.ndarray | None  # where the gradient goes (B, K), may be x itself (inplace)
     grad_result: np.ndarray | None  # the caller's array to return as the gradient (inplace/out)
     lse_in: np.ndarray | None = None  # (B,) float64 saved log-sum-exp (backward given lse)
+    # a vocabulary shard (fusedce._shard): x holds the classes [class_offset, class_offset + K)
+    # of rows of total_classes; 0: whole rows
+    class_offset: int = 0
+    total_classes: int = 0
 
     @property
     def soft(self):

@@ -144,6 +144,8 @@ def cross_entropy(call, *, want_loss, want_lse=False, lse_in=None):
         args.lse_out = ptr(lse, "double *")
     if call.grad is not None:
         args.grad = ptr(call.grad, "void *")
+    args.class_offset = call.class_offset
+    args.total_classes = call.total_classes
     args.bad_row = bad_row
     _check_rc(_CE_ENTRY[name](args), call)
     return loss, lse

@@ -106,10 +106,27 @@ def check_shapes(input_shape, input_dtype, w_shape, w_dtype, bias, weight_shape)
 # --------------------------------------------------------------------------- the chunk loop
 
 
-def run(call, ops, grad_scale=None):
+class FusedChunkCE:
+    """run()'s step on a chunk's logits: the fused cross-entropy kernel, per-row losses out, the
+    gradient (the upstream factor applied) written over the logits. A vocabulary shard's step
+    (fusedce.torch.distributed) takes its place there."""
+
+    def loss(self, call, ops, logits, target, picked):
+        return _api.cross_entropy(ops.kernel_array(logits), ops.kernel_array(target), weight=call.weight,
+                                  reduction="none", **call.options)
+
+    def loss_and_grad(self, call, ops, logits, target, picked, scale):
+        loss, _ = _api.cross_entropy_with_grad(ops.kernel_array(logits), ops.kernel_array(target), weight=call.weight,
+                                               reduction="none", grad_output=scale, inplace=True, **call.options)
+        return loss
+
+
+def run(call, ops, grad_scale=None, chunk_ce=None):
     """The loss and, when grad_scale is given (a float, or with reduction='none' one value per
     row of x), the gradients of grad_scale . loss. Returns (loss, grad_input, grad_w, grad_b):
-    loss a float for 'mean'/'sum', per-row float64 losses (batch_shape) for 'none'."""
+    loss a float for 'mean'/'sum', per-row float64 losses (batch_shape) for 'none'. chunk_ce:
+    the step on each chunk's logits (FusedChunkCE by default)."""
+    chunk_ce = chunk_ce or FusedChunkCE()
     want_grad = grad_scale is not None
     rows = call.rows
     vocab = ops.shape(call.w)[0]
@@ -128,15 +145,13 @@ def run(call, ops, grad_scale=None):
         logits = buffer[: hi - lo]
         ops.linear(x_c, call.w, call.bias, out=logits)
         target = ops.take(call.target, picked)
-        kernel_opts = dict(weight=call.weight, reduction="none", **call.options)
         if want_grad:
             scale = grad_scale if np.ndim(grad_scale) == 0 else grad_scale[picked]
-            loss_c, _ = _api.cross_entropy_with_grad(ops.kernel_array(logits), ops.kernel_array(target),
-                                                     grad_output=scale, inplace=True, **kernel_opts)
+            loss_c = chunk_ce.loss_and_grad(call, ops, logits, target, picked, scale)
             filtered = _filter_blocks(ops, logits, scale, call.grad_filter)
             ops.backward_gemms(grads, logits, x_c, call.w, picked, filtered)
         else:
-            loss_c = _api.cross_entropy(ops.kernel_array(logits), ops.kernel_array(target), **kernel_opts)
+            loss_c = chunk_ce.loss(call, ops, logits, target, picked)
         loss_c = ops.to_host(loss_c)
         if row_loss is not None:
             row_loss[picked] = loss_c

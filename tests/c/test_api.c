@@ -449,6 +449,118 @@ static void ce_one(int dt, int64_t rows, int64_t K, int opt)
     ce_case_free(&c);
 }
 
+/* ---- vocabulary shards ------------------------------------------------------------------ */
+
+/* The case's rows cut into three shards of classes (class_offset / total_classes): each
+ * shard's partials merged as fusedce.h describes them must give the whole row's lse and loss,
+ * and each shard's gradient from the whole row's lse the whole row's gradient on its classes.
+ * Each shard is a separate input ending at its allocation's end; every output has guards. */
+static void shard_one(int dt, int64_t rows, int64_t K, int opt)
+{
+    const ce_opts *o = &CE_OPTS[opt];
+    ce_case c;
+    rng_seed(50 + (uint64_t)dt, (uint64_t)K, (uint64_t)(rows * 100 + opt));
+    ce_case_new(&c, dt, rows, K, o);
+    const size_t es = elem_size(dt);
+    const int64_t cut[4] = {0, K / 3, K / 3 + (K + 1) / 3, K}; /* a shard may be empty for K < 3 */
+    for (int i = 0; i < n_isas; i++) {
+        snprintf(where, sizeof where, "shards %s %s rows=%lld K=%lld [%s]", fusedce_isa_name(isas[i]), dtype_name[dt],
+                 (long long)rows, (long long)K, o->name);
+        use_isa(isas[i]);
+        ce_results whole;
+        ce_run(&c, &whole);
+        out_buf grad = out_new((size_t)(rows * K) * es, 0);
+        double *lse_s = xmalloc(sizeof(double) * 3 * (size_t)rows), *part = xmalloc(sizeof(double) * 3 * (size_t)rows);
+        double W_s[3];
+        for (int s = 0; s < 3; s++) {
+            const int64_t lo = cut[s], n = cut[s + 1] - lo;
+            W_s[s] = 0.0;
+            for (int64_t k = lo; k < lo + n; k++)
+                W_s[s] += o->weight ? (dt == FUSEDCE_F64 ? ((double *)c.weight.p)[k] : ((float *)c.weight.p)[k]) : 1.0;
+            if (n == 0) {
+                for (int64_t r = 0; r < rows; r++) lse_s[s * rows + r] = -INFINITY, part[s * rows + r] = 0.0;
+                continue;
+            }
+            in_buf x = in_new((size_t)(rows * n) * es, 0);
+            for (int64_t r = 0; r < rows; r++)
+                memcpy((char *)x.p + (size_t)(r * n) * es, (char *)c.logits.p + (size_t)(r * K + lo) * es, (size_t)n * es);
+            in_seal(&x);
+            out_buf l = out_new((size_t)rows * 8, 0), p = out_new((size_t)rows * 8, 0), g = out_new((size_t)(rows * n) * es, 0);
+            fusedce_ce_args a = ce_args(&c);
+            a.logits = x.p, a.classes = n, a.class_offset = lo, a.total_classes = K;
+            a.loss = p.p, a.lse_out = l.p;
+            ce_call(&c, &a, "shard partials");
+            memcpy(lse_s + s * rows, l.p, (size_t)rows * 8), memcpy(part + s * rows, p.p, (size_t)rows * 8);
+            a = ce_args(&c);
+            a.logits = x.p, a.classes = n, a.class_offset = lo, a.total_classes = K;
+            a.lse_in = whole.lse.p, a.grad = g.p;
+            ce_call(&c, &a, "shard gradient");
+            for (int64_t r = 0; r < rows; r++)
+                memcpy((char *)grad.p + (size_t)(r * K + lo) * es, (char *)g.p + (size_t)(r * n) * es, (size_t)n * es);
+            out_free(&l, "shard lse_out"), out_free(&p, "shard loss"), out_free(&g, "shard grad");
+            in_free(&x, "shard logits");
+        }
+        double *lse = xmalloc(sizeof(double) * (size_t)rows), *loss = xmalloc(sizeof(double) * (size_t)rows);
+        const double e = o->smoothing;
+        for (int64_t r = 0; r < rows; r++) {
+            double m = -INFINITY, sum = 0.0;
+            for (int s = 0; s < 3; s++) m = lse_s[s * rows + r] > m ? lse_s[s * rows + r] : m;
+            for (int s = 0; s < 3; s++) sum += isfinite(m) ? exp(lse_s[s * rows + r] - m) : 0.0;
+            lse[r] = isfinite(m) ? m + log(sum) : m;
+            const int64_t t = o->i64 ? ((int64_t *)c.target.p)[r] : ((int32_t *)c.target.p)[r];
+            loss[r] = 0.0;
+            if (t == o->ignore_index) continue;
+            const double w_t = o->weight ? (dt == FUSEDCE_F64 ? ((double *)c.weight.p)[t] : ((float *)c.weight.p)[t]) : 1.0;
+            for (int s = 0; s < 3; s++) {
+                loss[r] += part[s * rows + r];
+                if (e > 0 && W_s[s] != 0) loss[r] += e / (double)K * W_s[s] * (lse[r] - lse_s[s * rows + r]);
+                if (t >= cut[s] && t < cut[s + 1]) loss[r] += (1 - e) * w_t * (lse[r] - lse_s[s * rows + r]);
+            }
+            loss[r] += o->z_loss * w_t * lse[r] * lse[r];
+        }
+        compare("merged lse", -1, lse, whole.lse.p, rows, tol_compute(dt));
+        compare("merged loss", -1, loss, whole.loss.p, rows, 4 * tol_compute(dt));
+        compare("shard gradients", dt, grad.p, whole.grad_backward.p, rows * K, tol_stored(dt));
+        free(lse), free(loss), free(lse_s), free(part);
+        out_free(&grad, "shard gradients");
+        ce_results_free(&whole);
+    }
+    ce_case_free(&c);
+}
+
+/* Shard-mode arguments the driver refuses (nothing written), and targets it takes. */
+static void shard_errors(void)
+{
+    strcpy(where, "shard errors");
+    float x[2 * 3], g[2 * 3];
+    double loss[2], lse[2] = {1.0, 1.0};
+    int64_t t[2] = {0, 9}; /* 9: in another shard of a 10-class row */
+    for (int i = 0; i < 6; i++) x[i] = (float)i / 5.0f;
+    fusedce_ce_args a, base;
+    memset(&base, 0, sizeof base);
+    base.rows = 2, base.classes = 3, base.logits = x, base.target = t, base.target_is_i64 = 1;
+    base.ignore_index = -100, base.grad_scale_all = 1.0, base.class_offset = 2, base.total_classes = 10;
+    a = base, a.grad = g, a.lse_in = NULL, a.lse_out = lse;
+    check(fusedce_ce_f32(&a) == FUSEDCE_EINVAL, "shard errors: a gradient without lse_in accepted");
+    a = base, a.grad = g, a.lse_in = lse, a.loss = loss;
+    check(fusedce_ce_f32(&a) == FUSEDCE_EINVAL, "shard errors: a gradient with a loss accepted");
+    a = base, a.class_offset = 8, a.loss = loss;
+    check(fusedce_ce_f32(&a) == FUSEDCE_EINVAL, "shard errors: a shard past the row's end accepted");
+    a = base, a.class_offset = -1, a.loss = loss;
+    check(fusedce_ce_f32(&a) == FUSEDCE_EINVAL, "shard errors: class_offset -1 accepted");
+    a = base, a.total_classes = -3, a.loss = loss;
+    check(fusedce_ce_f32(&a) == FUSEDCE_EINVAL, "shard errors: total_classes -3 accepted");
+    a = base, a.target = NULL, a.target_probs = x, a.loss = loss;
+    check(fusedce_ce_f32(&a) == FUSEDCE_EINVAL, "shard errors: probability targets accepted");
+    t[1] = 10;
+    int64_t bad = -1;
+    a = base, a.loss = loss, a.bad_row = &bad;
+    check(fusedce_ce_f32(&a) == FUSEDCE_ETARGET && bad == 1, "shard errors: target = total_classes accepted");
+    t[1] = 9;
+    a = base, a.loss = loss, a.lse_out = lse;
+    check(fusedce_ce_f32(&a) == FUSEDCE_OK && loss[1] == 0.0, "shard errors: a target in another shard: loss %g", loss[1]);
+}
+
 /* ---- binary cross-entropy --------------------------------------------------------------- */
 
 typedef struct {
@@ -793,6 +905,7 @@ int main(int argc, char **argv)
     const int initial_isa = fusedce_active_isa();
 
     errors();
+    shard_errors();
 
     /* classes: every tail length 1..64, then widths around powers of two and a split row */
     static const int64_t large_k[] = {100, 127, 128, 129, 255, 257, 1000, 4113, 65541};
@@ -818,6 +931,10 @@ int main(int argc, char **argv)
         }
         ce_one(dt, 0, 7, 10), bce_one(dt, 0, 7, 4), softmax_one(dt, 0, 7); /* no rows */
         if (!small) threads_one(dt, 1, 3 * 65536 + 5, 10), threads_one(dt, 3, 40000, 12);
+        /* shards: every tail of a small shard, options with class targets, one row split over threads */
+        for (int64_t K = 1; K <= (small ? 9 : 40); K += small ? 4 : 1) shard_one(dt, 5, K, (int)(K % 2 ? 10 : 4));
+        for (int o = 0; o <= 10; o += small ? 5 : 1) shard_one(dt, 4, 1000, o);
+        shard_one(dt, 1, small ? 30000 : 3 * 65536 + 5, 10);
     }
     static const int64_t vexp_n[] = {0, 1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1000, 4097};
     for (size_t i = 0; i < sizeof vexp_n / sizeof vexp_n[0]; i++) vexp_one(vexp_n[i]);

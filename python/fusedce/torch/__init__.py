@@ -6,6 +6,9 @@
     loss = fusedce.torch.binary_cross_entropy_with_logits(x, t)    # as F.binary_cross_entropy_with_logits
     criterion = fusedce.torch.BCEWithLogitsLoss(pos_weight=pw)     # as nn.BCEWithLogitsLoss
 
+Tensor parallelism (logits or an LM head sharded by classes over a torch.distributed group,
+DTensor included) and data-parallel token counts: ``fusedce.torch.distributed``.
+
 Same arguments and results as torch's (class indices or probability targets), plus
 ``z_loss``, ``softcap`` and ``inplace_backward`` for the cross-entropy. One deliberate
 difference: 'mean' over nothing counted (no counted rows, or no elements) is 0 with a zero

@@ -14,6 +14,7 @@ from ._tensors import (
     FLOAT_DTYPES,
     HALF_DTYPES,
     as_result_dtype,
+    as_num_items,
     as_tensor,
     check_differentiable_once,
     constant_array,
@@ -31,9 +32,20 @@ def _lse_dtype(x):
     return torch.float64 if x.dtype == torch.float64 or x.is_cuda else torch.float32
 
 
-def _kernel_options(x, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
-    return dict(weight=constant_array(weight, x), ignore_index=ignore_index, reduction=reduction,
-                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap or None)
+def _kernel_options(x, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, num_items):
+    """The kernels' keywords. num_items >= 0 (given): the kernels sum, _items_factor divides."""
+    return dict(weight=constant_array(weight, x), ignore_index=ignore_index,
+                reduction="sum" if num_items >= 0 else reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                softcap=softcap or None)
+
+
+def _items_factor(num_items):
+    """1/num_items for the gradient-accumulation convention (0 over no items, as 'mean' over
+    nothing), applied inside the fused pass as its grad_output; 1 when num_items is not given
+    (-1)."""
+    if num_items < 0:
+        return 1.0
+    return 1.0 / num_items if num_items else 0.0
 
 
 # --------------------------------------------------------------------------- custom ops
@@ -44,17 +56,19 @@ def _kernel_options(x, weight, ignore_index, reduction, label_smoothing, z_loss,
 @torch.library.custom_op("fusedce::cross_entropy_fwd", mutates_args=())
 def _cross_entropy_fwd(x: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
                        reduction: str, label_smoothing: float, z_loss: float, softcap: float,
-                       keep: str, inplace: bool) -> tuple[Tensor, Tensor]:
+                       num_items: float, keep: str, inplace: bool) -> tuple[Tensor, Tensor]:
     """(loss, kept). keep='grad': kept is the gradient of the loss from the fused pass (with
     inplace=True it is written over x and kept is empty: an op's outputs may not alias its
     inputs, and the schema does not declare the write, which is why inplace is eager-only);
-    keep='lse': kept is the per-row lse; keep='nothing': the loss alone, kept is empty."""
-    opts = _kernel_options(x, weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
+    keep='lse': kept is the per-row lse; keep='nothing': the loss alone, kept is empty.
+    num_items >= 0: the sum over num_items (see _items_factor); -1: not given."""
+    opts = _kernel_options(x, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, num_items)
+    factor = _items_factor(num_items)
     logits, labels = kernel_array(x), kernel_array(target)
     kept = x.new_empty(0)
     if keep == "grad":
         grad, where = gradient_buffer(x, inplace)
-        loss, _ = fusedce.cross_entropy_with_grad(logits, labels, **where, **opts)
+        loss, _ = fusedce.cross_entropy_with_grad(logits, labels, grad_output=factor, **where, **opts)
         if not inplace:
             kept = grad
     elif keep == "lse":
@@ -62,11 +76,13 @@ def _cross_entropy_fwd(x: Tensor, target: Tensor, weight: Tensor | None, ignore_
         kept = as_tensor(lse, x.device)
     else:
         loss = fusedce.cross_entropy(logits, labels, **opts)
+    if factor != 1.0:
+        loss *= factor
     return loss_tensor(loss, x), kept
 
 
 @_cross_entropy_fwd.register_fake
-def _(x, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, keep, inplace):
+def _(x, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, num_items, keep, inplace):
     loss = x.new_empty(x.shape[:-1] if reduction == "none" else (), dtype=loss_dtype(x))
     if keep == "grad" and not inplace:
         return loss, x.new_empty(x.shape)  # the kernels' gradient is contiguous
@@ -81,31 +97,32 @@ def _gradient_from_lse(x, target, weight, lse, grad_loss, options, inplace):
     half-precision gradient is rounded."""
     opts = _kernel_options(x, weight, *options)
     grad, where = gradient_buffer(x, inplace)
+    grad_loss = grad_loss.to(torch.float64) * _items_factor(options[-1])
     fusedce.cross_entropy_backward(kernel_array(x), kernel_array(target), kernel_array(lse),
-                                   kernel_array(grad_loss.to(torch.float64).contiguous()), **where, **opts)
+                                   kernel_array(grad_loss.contiguous()), **where, **opts)
     return grad
 
 
 @torch.library.custom_op("fusedce::cross_entropy_bwd", mutates_args=())
 def _cross_entropy_bwd(x: Tensor, target: Tensor, weight: Tensor | None, lse: Tensor, grad_loss: Tensor,
                        ignore_index: int, reduction: str, label_smoothing: float, z_loss: float,
-                       softcap: float) -> Tensor:
-    options = (ignore_index, reduction, label_smoothing, z_loss, softcap)
+                       softcap: float, num_items: float) -> Tensor:
+    options = (ignore_index, reduction, label_smoothing, z_loss, softcap, num_items)
     return _gradient_from_lse(x, target, weight, lse, grad_loss, options, inplace=False)
 
 
 @_cross_entropy_bwd.register_fake
-def _(x, target, weight, lse, grad_loss, ignore_index, reduction, label_smoothing, z_loss, softcap):
+def _(x, target, weight, lse, grad_loss, ignore_index, reduction, label_smoothing, z_loss, softcap, num_items):
     return x.new_empty(x.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    x, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, keep, inplace = inputs
+    x, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, num_items, keep, inplace = inputs
     _, kept = output
     ctx.mark_non_differentiable(kept)
     ctx.set_materialize_grads(False)  # no logits-sized zeros for kept's (absent) gradient
     ctx.keep, ctx.inplace, ctx.grad_scaled = keep, inplace, False
-    ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap)
+    ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap, num_items)
     if keep == "grad":
         ctx.save_for_backward(x if inplace else kept)
     elif keep == "lse":
@@ -116,13 +133,15 @@ def _target_gradient(x, target, weight, lse, grad_loss, options):
     """d(grad_loss . loss)/d q for probability targets q: (1 - e) w_k (lse - y_k) times the
     row's factor (torch differentiates its loss in the target too; distillation with a
     trainable teacher needs it). Torch ops: a rare path, and compiled graphs see through it."""
-    _, reduction, label_smoothing, _, softcap = options
+    _, reduction, label_smoothing, _, softcap, num_items = options
     compute = lse.dtype if lse.dtype == torch.float64 else torch.float32
     y = x.to(compute)
     if softcap:
         y = softcap * torch.tanh(y / softcap)
     factor = grad_loss.to(compute)
-    if reduction == "mean":
+    if num_items >= 0:
+        factor = factor * _items_factor(num_items)
+    elif reduction == "mean":
         factor = factor / max(x.shape[:-1].numel(), 1)
     if reduction == "none":
         factor = factor.unsqueeze(-1)
@@ -149,13 +168,18 @@ def _backward(ctx, grad_loss, _grad_kept):
             grad = _gradient_from_lse(x, target, weight, lse, grad_loss, ctx.options, inplace=True)
         else:
             grad = _cross_entropy_bwd(x, target, weight, lse, grad_loss, *ctx.options)
-    return grad, grad_target, None, None, None, None, None, None, None, None
+    return grad, grad_target, None, None, None, None, None, None, None, None, None
 
 
 _cross_entropy_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def _is_dtensor(x):
+    """A torch.distributed.tensor.DTensor (without importing that package for plain tensors)."""
+    return type(x).__name__ == "DTensor" and type(x).__module__.startswith("torch.distributed")
 
 
 def _classes_last(input, target):
@@ -209,7 +233,7 @@ def _keep(x, target, reduction):
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                  *, z_loss=0.0, softcap=None, inplace_backward=False):
+                  *, z_loss=0.0, softcap=None, inplace_backward=False, num_items=None):
     """torch.nn.functional.cross_entropy on the fused kernels (see the package docstring).
 
     input: (C,), (N, C) or (N, C, d1, ...) float16/bfloat16/float32/float64 logits.
@@ -220,7 +244,19 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     softcap: logits -> softcap * tanh(logits / softcap) before the softmax.
     inplace_backward: write the gradient over the logits' storage (they must not be needed
     afterwards): no logits-sized buffer is allocated.
+    num_items: with reduction 'mean', divide the sum by this count (a number, or a one-element
+    tensor: read once, a synchronisation for a CUDA one) instead of the counted rows' weight:
+    the gradient-accumulation convention, where the count covers every micro-batch of a step
+    (and every data-parallel rank: fusedce.torch.distributed.global_num_items). Applied inside
+    the fused pass, like the mean's own denominator.
+    A DTensor input sharded on the class dimension (torch's loss_parallel layout) takes
+    fusedce.torch.distributed's vocab-parallel path and returns a replicated DTensor.
     """
+    if _is_dtensor(input):
+        from .distributed._dtensor import cross_entropy as dtensor_cross_entropy
+
+        return dtensor_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                                     z_loss=z_loss, softcap=softcap, num_items=num_items)
     if not isinstance(input, Tensor) or not isinstance(target, Tensor):
         raise TypeError(f"input and target must be torch tensors, got {type(input).__name__} "
                         f"and {type(target).__name__}")
@@ -228,6 +264,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         raise TypeError(f"input must be float16, bfloat16, float32 or float64, got {input.dtype}")
     reduction, label_smoothing, z_loss, softcap, ignore_index = _checks.check_options(
         reduction, label_smoothing, z_loss, softcap, ignore_index)
+    num_items = as_num_items(num_items, reduction)
     if weight is not None:
         if not isinstance(weight, Tensor):
             raise TypeError(f"weight must be a torch tensor or None, got {type(weight).__name__}")
@@ -240,7 +277,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if inplace and keep != "nothing":
         x = x.contiguous()  # the kernels write rows in place; a no-op for contiguous logits
     loss, _ = _cross_entropy_fwd(x, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                                 softcap, keep, inplace)
+                                 softcap, -1.0 if num_items is None else num_items, keep, inplace)
     return as_result_dtype(loss, x)
 
 

@@ -26,6 +26,7 @@ from ._tensors import (
     HALF_DTYPES,
     as_result_dtype,
     check_differentiable_once,
+    as_num_items,
     constant_array,
     is_one,
     kernel_array,
@@ -118,8 +119,9 @@ class TorchOps:
 
 
 def _call(x, w, target, bias, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size,
-          grad_filter=0.0):
-    """The LinearCall of checked tensors (x (N, H), target (N,) or (N, V))."""
+          grad_filter=0.0, num_items=-1.0):
+    """The LinearCall of checked tensors (x (N, H), target (N,) or (N, V)); num_items >= 0
+    replaces the mean's denominator."""
     vocab = w.shape[0]
     soft = target.is_floating_point()
     counted = None
@@ -133,6 +135,8 @@ def _call(x, w, target, bias, weight, ignore_index, reduction, label_smoothing, 
             counted = mask.nonzero().flatten().cpu().numpy()
     elif reduction == "mean":
         denominator = float(x.shape[0])
+    if reduction == "mean" and num_items >= 0:
+        denominator = num_items
     return _linear.LinearCall(
         x=x, w=w, bias=bias, target=target, weight=constant_array(weight, x), batch_shape=(x.shape[0],),
         counted=counted, options=dict(ignore_index=ignore_index, label_smoothing=label_smoothing,
@@ -159,13 +163,13 @@ def _absent(x):
 def _fwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tensor | None, batch_shape: list[int],
          ignore_index: int,
          reduction: str, label_smoothing: float, z_loss: float, softcap: float, chunk_size: int,
-         grad_filter: float, keep: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+         grad_filter: float, num_items: float, keep: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_x, grad_w, grad_b). keep: which gradients the fused forward computes and
     keeps (those of the loss itself: backward scales them); none kept: the loss alone, the
     gradients empty. target: (N,) class indices or (N, V) probabilities."""
     _check_values(target, weight, batch_shape, w.shape[0], ignore_index)
     call = _call(x, w, target, bias, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-                 chunk_size, grad_filter)
+                 chunk_size, grad_filter, num_items)
     want = any(keep)
     loss, *grads = _linear.run(call, TorchOps(x, tuple(keep)), grad_scale=1.0 if want else None)
     return (_loss_tensor(loss, x), *[g if g is not None else _absent(x) for g in grads])
@@ -173,7 +177,7 @@ def _fwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tens
 
 @_fwd.register_fake
 def _(x, w, target, bias, weight, batch_shape, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size,
-      grad_filter, keep):
+      grad_filter, num_items, keep):
     loss = x.new_empty(x.shape[:1] if reduction == "none" else (), dtype=loss_dtype(x))
     shapes = (x.shape, w.shape, w.shape[:1] if bias is not None else (0,))
     return (loss, *[x.new_empty(s if k else (0,)) for s, k in zip(shapes, keep)])
@@ -182,11 +186,11 @@ def _(x, w, target, bias, weight, batch_shape, ignore_index, reduction, label_sm
 @torch.library.custom_op("fusedce::linear_cross_entropy_bwd", mutates_args=())
 def _bwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tensor | None, grad_loss: Tensor,
          ignore_index: int, reduction: str, label_smoothing: float, z_loss: float, softcap: float,
-         chunk_size: int, grad_filter: float, need: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+         chunk_size: int, grad_filter: float, num_items: float, need: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of grad_loss . loss: the loop again, the upstream gradient (scalar, or
     per row for 'none') applied in the kernel before a half-precision gradient is rounded."""
     call = _call(x, w, target, bias, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-                 chunk_size, grad_filter)
+                 chunk_size, grad_filter, num_items)
     scale = grad_loss.detach().to(torch.float64)
     if reduction != "none":
         scale = float(scale)
@@ -198,7 +202,7 @@ def _bwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tens
 
 @_bwd.register_fake
 def _(x, w, target, bias, weight, grad_loss, ignore_index, reduction, label_smoothing, z_loss, softcap,
-      chunk_size, grad_filter, need):
+      chunk_size, grad_filter, num_items, need):
     shapes = (x.shape, w.shape, w.shape[:1] if bias is not None else (0,))
     return tuple(x.new_empty(s if n else (0,)) for s, n in zip(shapes, need))
 
@@ -218,7 +222,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, *_):
     check_differentiable_once("linear_cross_entropy")
     if grad_loss is None:
-        return (None,) * 14
+        return (None,) * 15
     need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[3]]
     if ctx.fused:
         if ctx.scaled:
@@ -234,7 +238,7 @@ def _backward(ctx, grad_loss, *_):
         x, w, target, bias, weight = ctx.saved_tensors
         grads = _bwd(x, w, target, bias, weight, grad_loss, *ctx.options, need)
     gx, gw, gb = (g if n else None for g, n in zip(grads, need))
-    return gx, gw, None, gb, None, None, None, None, None, None, None, None, None, None
+    return gx, gw, None, gb, None, None, None, None, None, None, None, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -299,7 +303,7 @@ def _check_values(target, weight, batch_shape, vocab, ignore_index):
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
                          ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None,
-                         grad_filter=None, options=None):
+                         grad_filter=None, options=None, num_items=None):
     """torch.nn.functional.linear_cross_entropy without the logits: cross_entropy of
     input @ linear_weight.T + linear_bias, a chunk of rows at a time.
 
@@ -310,7 +314,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     buffer). grad_filter (opt-in): skip the backward GEMMs over blocks of 1024 classes whose
     gradient is below it (see fusedce.linear_cross_entropy_with_grad). options: torch's
     LinearCrossEntropyOptions, accepted for drop-in use; its batch_chunk_size becomes chunk_size
-    when that is not given (the rest concerns torch's own implementation).
+    when that is not given (the rest concerns torch's own implementation). num_items: with
+    reduction 'mean', the sum over this count instead of the counted rows' weight (as in
+    fusedce.torch.cross_entropy).
     """
     _check(input, linear_weight, target, linear_bias, weight)
     if ignore_index is None:  # torch's default here, which it maps to -100
@@ -321,6 +327,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         chunk_size = getattr(options, "batch_chunk_size", None)
     chunk_size = _linear.check_chunk_size(chunk_size) or 0
     grad_filter = _linear.check_grad_filter(grad_filter)
+    num_items = as_num_items(num_items, reduction)
     batch_shape = input.shape[:-1]
     vocab, hidden = linear_weight.shape
     flat_target = _flat_target(target, batch_shape, vocab, ignore_index)
@@ -334,7 +341,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     fused = (any(need) and x.dtype not in HALF_DTYPES and reduction != "none")
     keep = need if fused else [False] * 3
     loss, *_ = _fwd(x, w, flat_target, linear_bias, weight, list(batch_shape), ignore_index, reduction,
-                    label_smoothing, z_loss, softcap, chunk_size, grad_filter, keep)
+                    label_smoothing, z_loss, softcap, chunk_size, grad_filter,
+                    -1.0 if num_items is None else num_items, keep)
     if reduction == "none":
         loss = loss.reshape(batch_shape)
     return as_result_dtype(loss, x)

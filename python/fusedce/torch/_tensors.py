@@ -3,6 +3,8 @@ custom ops write their gradients into."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -137,3 +139,24 @@ def check_differentiable_once(name):
     if torch.is_grad_enabled():
         raise RuntimeError(f"fusedce.torch.{name} is differentiable once: backward with "
                            "create_graph=True (double backward) is not supported")
+
+
+def as_num_items(num_items, reduction):
+    """num_items (None, a number, or a one-element tensor: read once, a synchronisation for a
+    CUDA one) as a float >= 0 or None; it replaces the mean's denominator, so it needs
+    reduction='mean'."""
+    if num_items is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(f"num_items replaces the mean's denominator: it needs reduction='mean', got {reduction!r}")
+    value = num_items
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"num_items must be a number or a one-element tensor, got shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"num_items must be a number or a one-element tensor, got {type(num_items).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"num_items must be a finite number >= 0, got {num_items!r}")
+    return value
