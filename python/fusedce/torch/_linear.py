@@ -310,7 +310,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     input (..., H) (torch: (H,) or (N, H)); linear_weight (V, H); linear_bias (V,); target class
     indices (...) or probabilities (..., V); weight: class weights (V,), constants. Autograd to
     input, linear_weight and linear_bias (a weight tied to an embedding accumulates both).
-    z_loss, softcap as in cross_entropy. chunk_size: rows per chunk (default: a 32 MiB logits
+    z_loss, softcap as in cross_entropy. chunk_size: rows per chunk (default: a 128 MiB logits
     buffer). grad_filter (opt-in): skip the backward GEMMs over blocks of 1024 classes whose
     gradient is below it (see fusedce.linear_cross_entropy_with_grad). options: torch's
     LinearCrossEntropyOptions, accepted for drop-in use; its batch_chunk_size becomes chunk_size
