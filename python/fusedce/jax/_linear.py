@@ -3,10 +3,9 @@ respect to x, W and b, a chunk of rows at a time, so that a jitted program never
 (rows, V) logits. The same computation as fusedce._linear's chunk loop, written in JAX:
 
 - Rows go in chunks of a static size (fusedce._linear.chunk_rows_for: a 32 MiB logits buffer
-  unless chunk_size says otherwise): a lax.fori_loop over the full chunks, dynamic slices of
-  x and the target, and the remainder (N mod chunk rows) as one more, smaller chunk of its own
-  static shape after the loop. No row is padded, so nothing has to be masked out of the sum,
-  the 'mean' denominator or z_loss.
+  unless chunk_size says otherwise), by a lax.fori_loop and dynamic slices of x and the
+  target. No row is padded: nothing has to be masked out of the sum, the 'mean' denominator or
+  z_loss (run() says how the last chunk is handled).
 - Per chunk: the logits by one XLA dot (plus bias); the cross-entropy custom call
   (_calls.ce) computes the chunk's losses and, when asked, its gradient written over the
   logits with the upstream factor applied inside the kernel; then grad_x[chunk] = dlogits @ W
@@ -28,9 +27,10 @@ What the forward keeps (as fusedce.torch.linear_cross_entropy, for the same reas
   float32 (the logits rounded once, after the bias), and grad_W and grad_b are summed over the
   chunks in float32 and rounded once at the end.
 
-Ignored rows (target == ignore_index) are computed and contribute exact zeros (the kernel gives
-them zero loss and gradient): with static shapes their GEMM work is not skipped, unlike the
-NumPy and torch versions, which drop them before the GEMMs.
+Ignored rows (target == ignore_index) cost no GEMM, as in the NumPy and torch versions: the
+counted rows are sorted to the front and the loop runs over as many chunks as they fill (see
+run()). The kernel gives ignored rows exact zeros (loss, z_loss, gradient), which is what makes
+the relabelled overlap of the last chunk add nothing.
 """
 
 from __future__ import annotations
@@ -92,12 +92,21 @@ def _accumulate_gw(gw, grad, x_c):
     return _blocks(vocab, GW_BLOCK_BYTES // max(1, hidden * gw.dtype.itemsize), block, gw)
 
 
-def _chunk(o, x, w, b, t, cw, lo, size, cot, need, state):
+def _add_rows(a, part, lo):
+    """a[lo:lo + len(part)] += part (in place under XLA)."""
+    return lax.dynamic_update_slice_in_dim(a, lax.dynamic_slice_in_dim(a, lo, part.shape[0]) + part, lo, 0)
+
+
+def _chunk(o, x, w, b, t, cw, lo, size, cot, need, state, done=None):
     """One chunk of rows [lo, lo + size): size static, lo static or traced. state: dict of the
-    accumulated results (loss, gx, gw, gb: those being computed)."""
+    accumulated results (loss, gx, gw, gb: those being computed). done: the chunk's first rows
+    that an earlier chunk computed (the last chunk of the compacted loop is moved back to end
+    at the last row): they are relabelled ignore_index, so they add exact zeros."""
     acc = _accumulate_dtype(x.dtype)
     x_c = lax.dynamic_slice_in_dim(x, lo, size)
     t_c = lax.dynamic_slice_in_dim(t, lo, size)
+    if done is not None:
+        t_c = jnp.where(jnp.arange(size) < done, jnp.asarray(o.ce.ignore_index, t_c.dtype), t_c)
     logits = _dot(x_c, w, (1, 1), acc)
     if b is not None:
         logits = logits + b.astype(acc)
@@ -112,14 +121,10 @@ def _chunk(o, x, w, b, t, cw, lo, size, cot, need, state):
         loss_c, grad = (out[0] if want_loss else None), out[-1]
     state = dict(state)
     if want_loss:
-        if o.ce.reduction == "none":
-            state["loss"] = lax.dynamic_update_slice_in_dim(state["loss"], loss_c, lo, 0)
-        else:
-            state["loss"] = state["loss"] + loss_c
+        state["loss"] = _add_rows(state["loss"], loss_c, lo) if o.ce.reduction == "none" else state["loss"] + loss_c
     if grad is not None:
         if need[0]:
-            gx_c = _dot(grad, w, (1, 0), acc).astype(x.dtype)
-            state["gx"] = lax.dynamic_update_slice_in_dim(state["gx"], gx_c, lo, 0)
+            state["gx"] = _add_rows(state["gx"], _dot(grad, w, (1, 0), acc).astype(x.dtype), lo)
         if need[1]:
             state["gw"] = _accumulate_gw(state["gw"], grad, x_c)
         if need[2]:
@@ -127,11 +132,28 @@ def _chunk(o, x, w, b, t, cw, lo, size, cot, need, state):
     return state
 
 
+def _counted(o, t):
+    """The rows that count (target != ignore_index) as a boolean mask, or None when every row
+    counts: probability targets, or an ignore_index that the targets' dtype cannot hold."""
+    if o.ce.soft:
+        return None
+    info = jnp.iinfo(t.dtype)
+    if not info.min <= o.ce.ignore_index <= info.max:
+        return None
+    return t != o.ce.ignore_index
+
+
 def run(o, x, w, b, t, cw, *, cot=None, need=(False, False, False), loss=True):
     """The chunk loop. cot None: the loss alone; else the gradients in `need` (of x, W, b) of
     cot . per-chunk loss (cot a scalar for 'mean'/'sum', already over the denominator, or one
     per row for 'none'), and the loss too when `loss`. Returns a dict with 'loss' (summed over
-    the chunks, or per row), 'gx', 'gw', 'gb' as computed."""
+    the chunks, or per row), 'gx', 'gw', 'gb' as computed.
+
+    Class-index targets: the counted rows are moved to the front (a stable sort on the mask)
+    and the loop runs over ceil(counted / chunk rows) chunks, a number known when the program
+    runs: ignored rows cost no GEMM. The last chunk ends at the last row, its rows that the
+    previous chunk computed relabelled ignored. Probability targets: every chunk, the last one
+    (N mod chunk rows) of its own static shape."""
     rows, hidden = x.shape
     vocab = w.shape[0]
     cd = compute_dtype(x.dtype)
@@ -149,7 +171,28 @@ def run(o, x, w, b, t, cw, *, cot=None, need=(False, False, False), loss=True):
         state["gw"] = jnp.zeros((vocab, hidden), acc)
     if need[2]:
         state["gb"] = jnp.zeros((vocab,), acc)
-    state = _blocks(rows, o.chunk_rows, lambda lo, n, s: _chunk(o, x, w, b, t, cw, lo, n, cot, need, s), state)
+    counted = _counted(o, t)
+    size = max(1, min(o.chunk_rows, rows))
+    if rows == 0:
+        pass
+    elif counted is None:
+        state = _blocks(rows, size, lambda lo, n, s: _chunk(o, x, w, b, t, cw, lo, n, cot, need, s), state)
+    else:
+        order = jnp.argsort(jnp.logical_not(counted), stable=True)
+        x_p, t_p = x[order], t[order]
+        cot_p = cot if cot is None or cot.ndim == 0 else cot[order]
+        chunks = (jnp.sum(counted, dtype=jnp.int32) + (size - 1)) // size
+
+        def step(i, s):
+            start = i * size
+            lo = jnp.minimum(start, rows - size)
+            return _chunk(o, x_p, w, b, t_p, cw, lo, size, cot_p, need, s, done=start - lo)
+
+        state = lax.fori_loop(0, chunks, step, state)
+        inverse = jnp.zeros_like(order).at[order].set(jnp.arange(rows, dtype=order.dtype))
+        for key in ("gx", "loss"):
+            if key in state and state[key].ndim:
+                state[key] = state[key][inverse]
     if "gw" in state:
         state["gw"] = state["gw"].astype(w.dtype)
     if "gb" in state:
@@ -162,7 +205,9 @@ def denominator(o, t, cw):
     weights), or the rows for probability targets; in the compute dtype of cw / the loss."""
     if o.ce.soft:
         return jnp.asarray(t.shape[0], jnp.float32)
-    counted = t != o.ce.ignore_index
+    counted = _counted(o, t)
+    if counted is None:
+        counted = jnp.ones(t.shape, bool)
     if cw is None:
         return jnp.sum(counted, dtype=jnp.float32)
     return jnp.sum(jnp.where(counted, cw[jnp.where(counted, t, 0)], 0), dtype=cw.dtype)
