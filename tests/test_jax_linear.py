@@ -13,18 +13,11 @@ import fusedce  # noqa: E402
 import fusedce.jax as fj  # noqa: E402
 from fusedce.jax import _linear  # noqa: E402
 
+from test_jax import x64  # noqa: E402,F401  (the fixture: x64 off and on)
 from test_linear_cross_entropy import OPTIONS, REDUCTIONS, bad_cases, check, make, reference  # noqa: E402
 from tolerances import assert_grad_close, assert_loss_close  # noqa: E402
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
-
-
-@pytest.fixture(params=[False, True], ids=["x64off", "x64on"])
-def x64(request):
-    before = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", request.param)
-    yield request.param
-    jax.config.update("jax_enable_x64", before)
 
 
 @pytest.fixture
