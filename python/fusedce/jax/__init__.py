@@ -3,6 +3,7 @@
     import fusedce.jax as fj
     loss = fj.cross_entropy(logits, target, label_smoothing=0.1)            # as fusedce.cross_entropy
     loss, grad = jax.jit(jax.value_and_grad(fj.cross_entropy))(logits, target)
+    loss = fj.linear_cross_entropy(hidden, head, target)  # the LM head's loss without the logits
 
 Same names and keywords as the NumPy API (fusedce.cross_entropy, ...). On the CPU each call is
 an XLA custom call into the C kernels (no Python callback, no copy of the logits), so it
