@@ -3,6 +3,7 @@
     import fusedce.jax as fj
     loss = fj.cross_entropy(logits, target, label_smoothing=0.1)            # as fusedce.cross_entropy
     loss, grad = jax.jit(jax.value_and_grad(fj.cross_entropy))(logits, target)
+    loss = fj.linear_cross_entropy(hidden, head, target)  # the LM head's loss without the logits
 
 Same names and keywords as the NumPy API (fusedce.cross_entropy, ...). On the CPU each call is
 an XLA custom call into the C kernels (no Python callback, no copy of the logits), so it
@@ -28,9 +29,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without jax
     raise ImportError("fusedce.jax needs JAX: pip install 'fusedce[jax]' (or pip install jax)") from exc
 
-from . import _arguments, _vjp
+from . import _arguments, _linear, _vjp
 
-__all__ = ["cross_entropy", "binary_cross_entropy_with_logits", "log_softmax", "softmax", "logsumexp"]
+__all__ = ["cross_entropy", "binary_cross_entropy_with_logits", "log_softmax", "softmax", "logsumexp",
+           "linear_cross_entropy"]
 
 
 def _on_gpu(*arrays):
@@ -61,6 +63,25 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     o, x, t, w = _arguments.check_ce(logits, target, weight, reduction=reduction, ignore_index=ignore_index,
                                      label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
     return _vjp.cross_entropy(o, x, t, w)
+
+
+def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, ignore_index=-100,
+                         reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, chunk_size=None):
+    """cross_entropy(input @ linear_weight.T + linear_bias, target, ...) without the logits, as
+    fusedce.linear_cross_entropy: a chunk of rows at a time (chunk_size rows, default as many as
+    a 32 MiB logits buffer holds), so a jitted program never holds the (rows, V) logits.
+
+    input (..., H), linear_weight (V, H), linear_bias (V,) or None, all of one dtype (float16,
+    bfloat16, float32, float64); target: class indices (...) or probabilities (..., V); weight:
+    per-class weights (V,). Differentiable with respect to input, linear_weight and linear_bias
+    (see fusedce/jax/_linear.py for what the forward keeps). Returns the loss as cross_entropy
+    does: a scalar for 'mean'/'sum', input.shape[:-1] for 'none'; float64 for float64 input,
+    float32 otherwise. Under jax.jit on a GPU the compiled program fails (CPU kernels only)."""
+    o, x, w, b, t, cw, batch_shape = _arguments.check_linear(
+        input, linear_weight, target, linear_bias, weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, chunk_size=chunk_size)
+    loss = _linear.linear_cross_entropy(o, x, w, b, t, cw)
+    return loss.reshape(batch_shape) if reduction == "none" else loss
 
 
 def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None, reduction="mean"):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _checks
+from .. import _checks, _linear
 
 REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 
@@ -102,23 +102,35 @@ def check_ce(logits, target, weight, *, reduction, ignore_index, label_smoothing
         _checks.check_ignore_index_unused(ignore_index)
         t = t.astype(x.dtype)
     else:
-        probe = host_or_stand_in(t)
-        if is_traced(t) and probe.dtype.kind in "iu":
-            # values unknown until run time (the custom call checks them): a probe of ignored
-            # rows, so that only shape and dtype are judged now, whatever K is (even 0)
-            probe = np.broadcast_to(np.int64(ignore_index), probe.shape)
-        _checks.as_target(probe, batch_shape, K, ignore_index)
-        if t.dtype not in (jnp.int32, jnp.int64):
-            t = t.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
-    w = None
-    if weight is not None:
-        w = as_jax(weight, "weight")
-        if not isinstance(w, jax.Array):
-            _checks.as_weight(w, K)  # the NumPy API's dtype message
-        _checks.as_weight(host_or_stand_in(w), K)
-        w = w.astype(compute_dtype(x.dtype))
+        t = class_indices(t, batch_shape, K, ignore_index)
+    w = class_weight(weight, K, x.dtype)
     opts = CEOptions(reduction, ignore_index, label_smoothing, z_loss, softcap, soft, len(batch_shape))
     return opts, x, t, w
+
+
+def class_indices(t, batch_shape, K, ignore_index):
+    """Class-index targets, judged as the NumPy API judges them (values only when known now),
+    as int32/int64 for the custom call."""
+    probe = host_or_stand_in(t)
+    if is_traced(t) and probe.dtype.kind in "iu":
+        # values unknown until run time (the custom call checks them): a probe of ignored
+        # rows, so that only shape and dtype are judged now, whatever K is (even 0)
+        probe = np.broadcast_to(np.int64(ignore_index), probe.shape)
+    _checks.as_target(probe, batch_shape, K, ignore_index)
+    if t.dtype not in (jnp.int32, jnp.int64):
+        t = t.astype(jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+    return t
+
+
+def class_weight(weight, K, logits_dtype):
+    """The per-class weights (K,) in the compute dtype, or None."""
+    if weight is None:
+        return None
+    w = as_jax(weight, "weight")
+    if not isinstance(w, jax.Array):
+        _checks.as_weight(w, K)  # the NumPy API's dtype message
+    _checks.as_weight(host_or_stand_in(w), K)
+    return w.astype(compute_dtype(logits_dtype))
 
 
 @dataclass(frozen=True)
@@ -170,6 +182,63 @@ def check_bce(logits, target, weight, pos_weight, *, reduction):
     (w, w_per_class), (pw, pw_per_class) = broadcast["weight"], broadcast["pos_weight"]
     opts = BCEOptions(reduction, x.ndim, w_per_class, pw_per_class)
     return opts, x, t.astype(x.dtype), w, pw
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    """The static part of one linear_cross_entropy call: the cross-entropy options of each
+    chunk's custom call (reduction 'none' for 'none', else 'sum': 'mean' divides at the end),
+    the reduction as called and the rows per chunk."""
+
+    ce: CEOptions
+    reduction: str
+    chunk_rows: int
+
+
+def check_linear(input, linear_weight, target, linear_bias, weight, *, ignore_index, reduction, label_smoothing,
+                 z_loss, softcap, chunk_size):
+    """(LinearOptions, x (N, H), w (V, H), b (V,) or None, target (N,) or (N, V), class weight or
+    None, batch shape), with the NumPy API's rules (fusedce._linear.check_call) and messages;
+    half precision allowed as everywhere in fusedce.jax."""
+    arrays = []
+    for name, a in (("input", input), ("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if a is None:
+            arrays.append(None)
+            continue
+        a = as_jax(a, name, "an array of floats")
+        _checks.check_logits_dtype(a, name)
+        arrays.append(a)
+    x, w, b = arrays
+    weight = None if weight is None else as_jax(weight, "weight")
+    weight_shape = None if weight is None else tuple(weight.shape)
+    hidden, vocab = _linear.check_shapes(
+        tuple(x.shape), _checks.dtype_name(x.dtype), tuple(w.shape), _checks.dtype_name(w.dtype),
+        None if b is None else (tuple(b.shape), _checks.dtype_name(b.dtype)), weight_shape)
+    reduction, label_smoothing, z_loss, softcap, ignore_index = _checks.check_options(
+        reduction, label_smoothing, z_loss, softcap, ignore_index)
+    chunk_size = _linear.check_chunk_size(chunk_size)
+    batch_shape = tuple(x.shape[:-1])
+    t = as_jax(target, "target")
+    soft = _checks.is_float_array(t)
+    if soft:
+        if tuple(t.shape) != batch_shape + (vocab,):
+            raise ValueError(f"target of probabilities must have shape {batch_shape + (vocab,)} (the logits' "
+                             f"shape: input's batch shape and V), got {tuple(t.shape)}")
+        _checks.check_ignore_index_unused(ignore_index)
+        t = jnp.asarray(t).astype(x.dtype).reshape(-1, vocab)
+    else:
+        t = class_indices(t, batch_shape, vocab, ignore_index).reshape(-1)
+    cw = class_weight(weight, vocab, x.dtype)
+    rows = rows_of(batch_shape)
+    ce = CEOptions("none" if reduction == "none" else "sum", ignore_index, label_smoothing, z_loss, softcap, soft,
+                   batch_rank=1)
+    chunk_rows = _linear.chunk_rows_for(chunk_size, vocab, np.dtype(x.dtype).itemsize, rows)
+    if chunk_size is None and rows:
+        # the budget's number of chunks, of equal rows where they divide: no smaller last chunk
+        # (a second copy of the chunk's buffers in the compiled program) when N allows
+        chunk_rows = -(-rows // -(-rows // chunk_rows))
+    opts = LinearOptions(ce, reduction, chunk_rows)
+    return opts, x.reshape(rows, hidden), w, b, t, cw, batch_shape
 
 
 def rows_of(shape):
