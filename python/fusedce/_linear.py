@@ -21,10 +21,10 @@ from . import _api, _checks, _pool
 
 #: the logits buffer of one chunk, in bytes, unless chunk_size says otherwise, but never fewer
 #: than MIN_CHUNK_ROWS rows: a GEMM's rate falls with its row count. Measured here (torch,
-#: float32, forward+backward): (4096, 1024, 32000) 4.6 s at 262 rows a chunk, 4.3 s at 1024;
-#: (2048, 1024, 128256) 12.7 s at 65 rows, 9.4 s at 256, 8.7 s at 512 (the three GEMMs alone:
-#: 9.1 s). The buffer stays far below the gradient of W that must exist anyway.
-DEFAULT_CHUNK_BYTES = 128 << 20
+#: float32, forward+backward): (4096, 1024, 32000) 4.6 s at 262 rows a chunk, 4.4 s at 512,
+#: 4.3 s at 1024; (2048, 1024, 128256) 12.7 s at 65 rows, 9.4 s at 256, 8.7 s at 512 (the three
+#: GEMMs alone: 9.1 s). 64 MiB keeps the buffer well below torch's chunked path's peak.
+DEFAULT_CHUNK_BYTES = 64 << 20
 MIN_CHUNK_ROWS = 256
 #: columns per block of the opt-in gradient filter
 FILTER_BLOCK = 1024
@@ -353,8 +353,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     input (..., H), linear_weight (V, H), linear_bias (V,) or None, float32 or float64 alike;
     target: class indices (...) or probabilities (..., V); weight: per-class weights (V,).
     The other options as in cross_entropy. chunk_size: rows per chunk (default: as many as a
-    128 MiB logits buffer holds, at least 256). Returns the loss as cross_entropy does (per-row float64 for
-    float64 input, float32 otherwise, with reduction='none')."""
+    64 MiB logits buffer holds, at least 256). Returns the loss as cross_entropy does (per-row
+    float64 for float64 input, float32 otherwise, with reduction='none')."""
     call, _ = check_call(input, linear_weight, target, linear_bias=linear_bias, weight=weight,
                          ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                          z_loss=z_loss, softcap=softcap, chunk_size=chunk_size)

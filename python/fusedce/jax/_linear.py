@@ -2,7 +2,7 @@
 respect to x, W and b, a chunk of rows at a time, so that a jitted program never holds the
 (rows, V) logits. The same computation as fusedce._linear's chunk loop, written in JAX:
 
-- Rows go in chunks of a static size (fusedce._linear.chunk_rows_for: a 32 MiB logits buffer
+- Rows go in chunks of a static size (fusedce._linear.chunk_rows_for: a 64 MiB logits buffer
   unless chunk_size says otherwise), by a lax.fori_loop and dynamic slices of x and the
   target. No row is padded: nothing has to be masked out of the sum, the 'mean' denominator or
   z_loss (run() says how the last chunk is handled).

@@ -142,7 +142,8 @@ def _call(x, w, target, bias, weight, ignore_index, reduction, label_smoothing, 
         counted=counted, options=dict(ignore_index=ignore_index, label_smoothing=label_smoothing,
                                       z_loss=z_loss, softcap=softcap or None),
         reduction=reduction, denominator=denominator,
-        chunk_rows=_linear.chunk_rows_for(chunk_size or None, vocab, x.element_size(), x.shape[0]),
+        # half precision: the budget counts the chunk's float32 copy for the weight's gradient
+        chunk_rows=_linear.chunk_rows_for(chunk_size or None, vocab, max(x.element_size(), 4), x.shape[0]),
         grad_filter=grad_filter)
 
 
@@ -310,7 +311,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     input (..., H) (torch: (H,) or (N, H)); linear_weight (V, H); linear_bias (V,); target class
     indices (...) or probabilities (..., V); weight: class weights (V,), constants. Autograd to
     input, linear_weight and linear_bias (a weight tied to an embedding accumulates both).
-    z_loss, softcap as in cross_entropy. chunk_size: rows per chunk (default: a 128 MiB logits
+    z_loss, softcap as in cross_entropy. chunk_size: rows per chunk (default: a 64 MiB logits
     buffer). grad_filter (opt-in): skip the backward GEMMs over blocks of 1024 classes whose
     gradient is below it (see fusedce.linear_cross_entropy_with_grad). options: torch's
     LinearCrossEntropyOptions, accepted for drop-in use; its batch_chunk_size becomes chunk_size

@@ -102,7 +102,7 @@ def vocab_parallel_linear_cross_entropy(input, linear_weight_shard, target, *, g
     (Vs,) this rank's classes (rank r: [r*Vs, (r+1)*Vs) unless vocab_start=/vocab_size= say
     otherwise); target (...) global class indices, the same on every rank; weight the whole
     (V,) class-weight vector. Options as vocab_parallel_cross_entropy; chunk_size: rows per
-    chunk (default: a 128 MiB logits buffer). Autograd: each rank gets its shard's weight and
+    chunk (default: a 64 MiB logits buffer). Autograd: each rank gets its shard's weight and
     bias gradients, and the input's gradient summed over the group (one all_reduce in the
     backward); one all_gather in the forward.
     """
