@@ -36,6 +36,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import fusedce  # noqa: E402
 import fusedce.torch as ft  # noqa: E402
+from fusedce._rss import peak_growth  # noqa: E402
 
 F = torch.nn.functional
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -64,23 +65,9 @@ def _case_id(case):
     return f"{kind}-{batch}x{classes}-{dtype}" + (f"-scale{scale:g}" if scale != 1.0 else "")
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def peak_extra_bytes(step):
     """Peak resident bytes above the current RSS while step() runs (its result dropped after)."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # VmHWM := VmRSS
-    before = _status_kib("VmRSS")
-    result = step()
-    peak = _status_kib("VmHWM")
-    del result
-    return (peak - before) * 1024
+    return peak_growth(step)[1]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[_case_id(c) for c in CASES])

@@ -16,7 +16,8 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+from ._rss import peak_growth
 
 VARIANTS = ("gemms", "torch-unfused", "torch-chunked", "fusedce-torch", "fusedce-numpy")
 DEFAULT_SHAPES = ((4096, 1024, 32000), (2048, 1024, 128256))
@@ -31,27 +32,6 @@ def parse_shape(text):
     if min(n, h, v) < 1:
         raise ValueError(f"every size must be >= 1, got {text!r}")
     return n, h, v
-
-
-def _status_kib(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _peak_growth(step):
-    """(seconds, peak resident bytes above the current RSS) of one call of step()."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # VmHWM := VmRSS
-    before = _status_kib("VmRSS")
-    start = time.perf_counter()
-    result = step()
-    elapsed = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
-    del result
-    return elapsed, (peak - before) * 1024
 
 
 def _inputs(n, h, v, dtype_name):
@@ -109,7 +89,7 @@ def child(variant, n, h, v, dtype_name, repeat):
     result = step()  # warm-up: libraries initialised, gradients allocated as a training step keeps them
     times, peaks = [], []
     for _ in range(repeat):
-        elapsed, peak = _peak_growth(step)
+        elapsed, peak = peak_growth(step)
         times.append(elapsed)
         peaks.append(peak)
     loss = result[-1] if isinstance(result, tuple) else result
