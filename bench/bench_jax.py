@@ -20,6 +20,10 @@ in two settings (--donate both|no|yes):
                      training step that computes them; the gradient is written over them
 Each round runs every row once in turn (machine noise hits all rows alike); the table gives the
 median and best over rounds and the speedup of the median over optax's in the same setting.
+Before each timed call the process pauses --settle seconds (0.05 by default, not timed): the
+release of a call's memory runs on after the call returns (here 10-20 ms of system time in the
+30 ms after an optax step at 4096x32000), and without the pause it lands in the next row's time
+(fusedce donated right after an optax call 41-44 ms, after a 20 ms pause 31 ms).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def check(rows, x, t):
         assert err <= tol * scale, (label, err, scale)
 
 
-def run(shape, dtype, rounds, donate):
+def run(shape, dtype, rounds, donate, settle):
     rng = np.random.default_rng(0)
     x0 = jnp.asarray(rng.standard_normal(shape, dtype=np.float32), dtype=dtype)
     t = jnp.asarray(rng.integers(0, shape[-1], shape[0]), dtype=jnp.int32)
@@ -97,6 +101,7 @@ def run(shape, dtype, rounds, donate):
     times = {label: [] for label, _, _ in calls}
     for _ in range(rounds + 1):  # the first round warms up and is dropped
         for label, fn, s in calls:
+            time.sleep(settle)
             start = time.perf_counter()
             out = jax.block_until_ready(fn(xs[label], t, jnp.float32(s)))
             times[label].append(time.perf_counter() - start)
@@ -111,6 +116,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--donate", choices=("both", "no", "yes"), default="both")
+    parser.add_argument("--settle", type=float, default=0.05, help="untimed pause before each call, s")
     args = parser.parse_args(argv)
     info = fusedce.cpu_info()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; fusedce ISA {info['active_isa']}, "
@@ -121,7 +127,7 @@ def main(argv=None):
         shape = tuple(int(n) for n in spec.split("x"))
         for dtype in args.dtypes.split(","):
             for donate in settings:
-                times = run(shape, dtype, args.rounds, donate)
+                times = run(shape, dtype, args.rounds, donate, args.settle)
                 med = {label: statistics.median(ts) for label, ts in times.items()}
                 for label, ts in times.items():
                     base = med["optax forward" if label.endswith("forward") else "optax"]

@@ -26,6 +26,10 @@ _HANDLERS = {CE: "fusedce_xla_ce", BCE: "fusedce_xla_bce", SOFTMAX: "fusedce_xla
 # Platforms with XLA but no fusedce kernels under jit: a handler that raises a clear error.
 _OTHER_PLATFORMS = ("CUDA", "ROCM")
 
+# Whether the CE gradient is written over the logits (below); bench/bench_jax_alias.py measures
+# both choices and is the only reader that changes it.
+ALIAS_GRADIENT = True
+
 _lock = threading.Lock()
 _registered = False
 
@@ -92,8 +96,10 @@ def ce(opts, x, t, w, *, fwd=False, grad=False, cot=None, lse=None):
     # The gradient is written over the logits (the kernels allow it): where the logits die in
     # the loss, as in a training step that computes them, XLA then needs no logits-sized buffer
     # for the gradient (nor the page faults of a fresh one); where they are still needed (a jitted
-    # function's own argument that is not donated), XLA copies them first.
-    aliases = {0: len(out) - 1} if grad else None
+    # function's own argument that is not donated), XLA copies them first. Measured with
+    # bench/bench_jax_alias.py: in a step that computes the logits, writing in place is about
+    # twice as fast as a fresh buffer; only a kept (not donated) argument pays the copy.
+    aliases = {0: len(out) - 1} if grad and ALIAS_GRADIENT else None
     call = jax.ffi.ffi_call(CE, out, vmap_method="broadcast_all", input_output_aliases=aliases)
     return call(*operands, reduction=_i(opts.reduction_code), batch_rank=_i(opts.batch_rank),
                 ignore_index=_i(opts.ignore_index), label_smoothing=_f(opts.label_smoothing),
