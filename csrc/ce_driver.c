@@ -34,13 +34,9 @@
 /* A thread keeps its segment's exponentials for pass 2 up to this many bytes (they then stay in
  * its L2 with the logits); beyond, pass 2 takes each exp again, identically. */
 #define CE_KEEP_EXP_BYTES (1 << 20)
-/* Streaming stores only for rows of at least this many bytes: each streamed row has one line
- * written with ordinary stores (the target's, ce_segment_grad), whose read for ownership holds
- * up the stores behind it. Measured on Zen 5, 2 threads, float32 (32 to 512 MB of gradient):
- * streaming is 18-35 % faster from 8 KB rows up, 20 % slower at 4 KB. */
-#define CE_MIN_STREAM_ROW_BYTES 8192
-/* ... and only when the call's logits and gradient together exceed the last-level cache, taken
- * as at most this size: a VM may report its host's whole L3, shared with other tenants (480 MB
+/* The gradient goes out through streaming stores for rows of at least
+ * ce_min_stream_row_bytes() (dispatch.c, measured per vendor), and only when the call's logits
+ * and gradient together exceed the last-level cache, taken as at most this size: a VM may report its host's whole L3, shared with other tenants (480 MB
  * on a 2-core Xeon VM, where ordinary stores were slower than streaming from an 8 MB gradient
  * up: out=, float32, 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms,
  * 512x131072 33 vs 21 ms). */
@@ -524,7 +520,7 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     const double grad_bytes = (double)rows * (double)K * (double)J.es;
     const int64_t llc = ce_llc_bytes() < CE_STREAM_CACHE_CAP ? ce_llc_bytes() : CE_STREAM_CACHE_CAP;
     J.stream = a->grad && a->grad != a->logits && 2.0 * grad_bytes > (double)llc &&
-               K * (int64_t)J.es >= CE_MIN_STREAM_ROW_BYTES;
+               K * (int64_t)J.es >= ce_min_stream_row_bytes();
     J.chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
     const int nt = ce_threads_for(rows * K);
     /* Split rows over threads (whole chunks each) when there are fewer rows than threads, or

@@ -183,6 +183,7 @@ int ce_team(int *size);
 /* Cache sizes in bytes (dispatch.c), for the driver's split and streaming decisions. */
 int64_t ce_l2_bytes(void);
 int64_t ce_llc_bytes(void);
+int64_t ce_min_stream_row_bytes(void);
 
 /* Bytes per logit of a dtype, and per class weight (the compute type: double for f64, else
  * float). */
