@@ -36,10 +36,10 @@
 #define CE_KEEP_EXP_BYTES (1 << 20)
 /* The gradient goes out through streaming stores for rows of at least
  * ce_min_stream_row_bytes() (dispatch.c, measured per vendor), and only when the call's logits
- * and gradient together exceed the last-level cache, taken as at most this size: a VM may report its host's whole L3, shared with other tenants (480 MB
- * on a 2-core Xeon VM, where ordinary stores were slower than streaming from an 8 MB gradient
- * up: out=, float32, 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms,
- * 512x131072 33 vs 21 ms). */
+ * and gradient together exceed the last-level cache, taken as at most this size: a VM may
+ * report its host's whole L3, shared with other tenants (480 MB on a 2-core Xeon VM, where
+ * ordinary stores were slower than streaming from an 8 MB gradient up: out=, float32,
+ * 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms, 512x131072 33 vs 21 ms). */
 #define CE_STREAM_CACHE_CAP ((int64_t)32 << 20)
 
 

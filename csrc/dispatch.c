@@ -162,6 +162,7 @@ int64_t ce_min_stream_row_bytes(void)
     ce_ensure_init();
     return ce_intel ? 4096 : 8192;
 }
+
 long long fusedce_l2_bytes(void) { return (long long)ce_l2_bytes(); }
 long long fusedce_llc_bytes(void) { return (long long)ce_llc_bytes(); }
 
