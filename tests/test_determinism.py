@@ -120,3 +120,24 @@ def test_binary_cross_entropy_elements_do_not_depend_on_threads_or_batch(isa, re
         alone = fusedce.binary_cross_entropy_with_logits_with_grad(x[2:3], t[2:3], reduction="none")
         assert np.array_equal(alone[0].view(np.uint32), want_loss[2:3].view(np.uint32))
         assert np.array_equal(alone[1].view(np.uint32), want_grad[2:3].view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", [(1200, 4096), (4800, 1024)])
+@pytest.mark.parametrize("option", ["plain", "weighted, smoothed, z-loss", "softcap, ignored rows"])
+def test_a_streamed_gradient_gives_the_bits_of_a_cached_one(isa, restore_threads, shape, option):
+    """The gradient of a large call goes out through streaming stores (logits and gradient past
+    32 MB, rows of 16 KB, and of 4 KB on Intel; csrc/ce_driver.c), that of 16 rows through
+    ordinary ones: the same bits, also into an `out=` that starts one element past a cache line
+    (the streamed part then begins after a head of ordinary stores)."""
+    x, target, kwargs = _case(shape[0], shape[1], np.dtype("float32"), option)
+    fusedce.set_num_threads(2)
+    backing = np.empty(x.size + 16, dtype=np.float32)
+    shifted = backing[1:1 + x.size].reshape(x.shape)
+    loss, grad = fusedce.cross_entropy_with_grad(x, target, reduction="none", **kwargs)
+    fusedce.cross_entropy_with_grad(x, target, reduction="none", out=shifted, **kwargs)
+    for first in range(0, shape[0], 16):
+        rows = slice(first, first + 16)
+        part_loss, part_grad = fusedce.cross_entropy_with_grad(x[rows], target[rows], reduction="none", **kwargs)
+        _assert_same_bits({"loss": part_loss, "grad": part_grad}, {"loss": loss[rows], "grad": grad[rows]},
+                          f"{isa} {shape} {option}: rows {first}.. against the whole call")
+        _assert_same_bits({"grad": shifted[rows]}, {"grad": part_grad}, f"{isa} {shape} {option}: shifted out=")
