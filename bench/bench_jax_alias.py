@@ -26,14 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fusedce.jax import _calls
 import fusedce.jax as fj
-
-
-def _optax_loss(x, t):
-    import optax
-
-    return optax.softmax_cross_entropy_with_integer_labels(x, t).mean()
+from bench_jax import _optax_loss  # run as a script: bench/ is on sys.path
+from fusedce.jax import _calls
 
 
 def build(loss, setting, x, h, w, t):

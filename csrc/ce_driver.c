@@ -34,13 +34,19 @@
 /* A thread keeps its segment's exponentials for pass 2 up to this many bytes (they then stay in
  * its L2 with the logits); beyond, pass 2 takes each exp again, identically. */
 #define CE_KEEP_EXP_BYTES (1 << 20)
-/* The gradient goes out through streaming stores for rows of at least
- * ce_min_stream_row_bytes() (dispatch.c, measured per vendor), and only when the call's logits
- * and gradient together exceed the last-level cache, taken as at most this size: a VM may
- * report its host's whole L3, shared with other tenants (480 MB on a 2-core Xeon VM, where
+/* The gradient goes out through streaming stores (ce_stream_gradient) when the call's logits
+ * and gradient together exceed the last-level cache, taken as at most CE_STREAM_CACHE_CAP: a VM
+ * may report its host's whole L3, shared with other tenants (480 MB on a 2-core Xeon VM, where
  * ordinary stores were slower than streaming from an 8 MB gradient up: out=, float32,
- * 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms, 512x131072 33 vs 21 ms). */
+ * 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms, 512x131072 33 vs 21 ms).
+ * And only for rows of at least the vendor's minimum: each streamed row has one line written
+ * with ordinary stores (the target's, ce_segment_grad), and on AMD its read for ownership holds
+ * up the streamed stores behind it. Measured, fused out= float32, 2 threads: Zen 5, 4 KB rows
+ * 20 % slower streamed, 8 KB and up 18-35 % faster; the Xeon VM, 65536x1024 (4 KB rows)
+ * 43 -> 27 ms streamed, 2 KB rows no gain. */
 #define CE_STREAM_CACHE_CAP ((int64_t)32 << 20)
+#define CE_MIN_STREAM_ROW_BYTES_INTEL 4096
+#define CE_MIN_STREAM_ROW_BYTES_OTHER 8192
 
 
 static double ce_load(int dtype, const void *p, int64_t i)
@@ -495,6 +501,15 @@ static int ce_check(const fusedce_ce_args *a)
     return FUSEDCE_OK;
 }
 
+/* Whether a gradient goes out through streaming stores (see CE_STREAM_CACHE_CAP), from the
+ * call's bytes of logits and gradient together and the bytes of one row. */
+static int ce_stream_gradient(double call_bytes, int64_t row_bytes)
+{
+    const int64_t llc = ce_llc_bytes(), cache = llc < CE_STREAM_CACHE_CAP ? llc : CE_STREAM_CACHE_CAP;
+    const int64_t min_row = ce_cpu_is_intel() ? CE_MIN_STREAM_ROW_BYTES_INTEL : CE_MIN_STREAM_ROW_BYTES_OTHER;
+    return call_bytes > (double)cache && row_bytes >= min_row;
+}
+
 static int ce_run(int dtype, const fusedce_ce_args *a)
 {
     const int err = ce_check(a);
@@ -518,9 +533,7 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     }
     const int64_t K = a->classes, rows = a->rows;
     const double grad_bytes = (double)rows * (double)K * (double)J.es;
-    const int64_t llc = ce_llc_bytes() < CE_STREAM_CACHE_CAP ? ce_llc_bytes() : CE_STREAM_CACHE_CAP;
-    J.stream = a->grad && a->grad != a->logits && 2.0 * grad_bytes > (double)llc &&
-               K * (int64_t)J.es >= ce_min_stream_row_bytes();
+    J.stream = a->grad && a->grad != a->logits && ce_stream_gradient(2.0 * grad_bytes, K * (int64_t)J.es);
     J.chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
     const int nt = ce_threads_for(rows * K);
     /* Split rows over threads (whole chunks each) when there are fewer rows than threads, or

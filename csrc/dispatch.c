@@ -152,16 +152,7 @@ const ce_isa_table *ce_detected_table(void)
 int64_t ce_l2_bytes(void) { ce_ensure_init(); return ce_l2; }
 int64_t ce_llc_bytes(void) { ce_ensure_init(); return ce_llc; }
 
-/* Streaming stores pay from this row size on (the driver writes the line holding the target's
- * element with ordinary stores, and on AMD its read for ownership holds up the streamed stores
- * behind it). Measured, fused out= float32, 2 threads: Zen 5, 4 KB rows 20 % slower streamed,
- * 8 KB and up 18-35 % faster; a Xeon VM, 65536x1024 (4 KB rows) 43 -> 27 ms streamed, 2 KB rows
- * no gain. */
-int64_t ce_min_stream_row_bytes(void)
-{
-    ce_ensure_init();
-    return ce_intel ? 4096 : 8192;
-}
+int ce_cpu_is_intel(void) { ce_ensure_init(); return ce_intel; }
 
 long long fusedce_l2_bytes(void) { return (long long)ce_l2_bytes(); }
 long long fusedce_llc_bytes(void) { return (long long)ce_llc_bytes(); }
