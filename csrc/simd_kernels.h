@@ -81,6 +81,7 @@
 #define STC CE_CAT(st_, CSUF)
 #define VEXP CE_CAT(ce_exp_, CE_FAM)
 #define VEXPN CE_CAT(ce_expn_, CE_FAM) /* for arguments <= 0 (and a little above): the softmax's */
+#define VEXPN_NONPOS CE_CAT(ce_expn_nonpos_, CE_FAM) /* for arguments <= 0 or NaN */
 #define VTANH CE_CAT(ce_tanh_, CE_FAM)
 #define VLOG1P CE_CAT(ce_log1p01_, CE_FAM)
 

@@ -87,7 +87,7 @@ CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T 
 #define CE_Y(j) (capped ? LDC(e + (j)) : LD(x + (j)))
 #define CE_EXP_AT(acc, k)                                                                              \
     do {                                                                                               \
-        const V v = VEXPN(VOP(sub)(CE_Y(j + (k)), vref));                                              \
+        const V v = VEXPN_NONPOS(VOP(sub)(CE_Y(j + (k)), vref));                                              \
         if (keep) STC(e + j + (k), v);                                                                 \
         acc = VOP(add)(acc, v);                                                                        \
     } while (0)
@@ -108,7 +108,7 @@ CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T 
         for (; j + VN <= i1; j += VN) CE_EXP_AT(s0, 0);
         if (j < i1) {
             const int m = (int)(i1 - j);
-            const V v = VEXPN(VOP(sub)(capped ? LDCP(e + j, m) : LDP(x + j, m), vref));
+            const V v = VEXPN_NONPOS(VOP(sub)(capped ? LDCP(e + j, m) : LDP(x + j, m), vref));
             if (keep) STCP(e + j, m, v);
             s1 = VOP(mask_add)(s1, VOP(lanes)(m), v);
         }
