@@ -12,8 +12,8 @@
  * Deterministic: a row's results depend on its chunks only, which are the same whether the row
  * is alone or in a batch of any size and whatever the thread count, so results are bitwise
  * identical in all those cases (docs/guarantees.md). Rows go to threads in contiguous blocks;
- * when there are fewer rows than threads, or a row is larger than a quarter of the L2, each row
- * is instead cut into one run of whole chunks per thread, the chunks' statistics shared and
+ * when there are fewer rows than threads (or rows too large for L2 would split unevenly), each
+ * row is instead cut into one run of whole chunks per thread, the chunks' statistics shared and
  * merged by every thread in the same order. Each primitive is told which segment its thread
  * reads next, and prefetches it while it computes from cache; gradients larger than the
  * last-level cache go out through streaming stores, fenced once per thread at the end. */
@@ -537,9 +537,14 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     J.chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
     const int nt = ce_threads_for(rows * K);
     /* Split rows over threads (whole chunks each) when there are fewer rows than threads, or
-     * when a row and its exponentials would not stay in a core's L2 between the passes. */
+     * when rows too large for a core's L2 would leave whole-row blocks more than 1/8 uneven.
+     * Not merely because a row is large: a split row costs a barrier, and each barrier waits
+     * for a thread the OS has put aside, e.g. beside XLA's threads under JAX (donated
+     * value_and_grad at 512x131072, 2 threads on Zen 4: 31 -> 21 ms whole rows; NumPy fused
+     * out= 20-27 -> 16-18 ms, 128x262144 12-13 -> 8-9 ms). */
+    const int64_t uneven = (rows + nt - 1) / nt * nt - rows; /* rows the last blocks lack */
     const int split = nt > 1 && J.chunks >= nt &&
-                      (rows < nt || (int64_t)(K * (J.es + J.wes)) > ce_l2_bytes() / 2);
+                      (rows < nt || ((int64_t)(K * (J.es + J.wes)) > ce_l2_bytes() / 2 && 8 * uneven > rows));
     const int64_t seg_chunks = split ? (J.chunks + nt - 1) / nt : J.chunks; /* at most, per thread */
     J.grad_from_exp = !(a->softcap > 0) && (size_t)(seg_chunks * CE_CHUNK) * J.wes <= CE_KEEP_EXP_BYTES;
     J.keep_exp = J.grad_from_exp && a->grad;

@@ -2,7 +2,7 @@
 for any thread count, and a row's results are the same bits whether it is computed alone or
 inside a batch of any size, on each ISA. Rows are cut into fixed chunks of classes whose
 statistics merge in one order, so the rows split over threads (fewer rows than threads, or rows
-larger than the L2) give what unsplit rows give.
+too large for the L2 and too few to share out evenly) give what unsplit rows give.
 """
 
 import numpy as np
@@ -12,7 +12,8 @@ import fusedce
 
 THREADS = (1, 2, 3, 4)
 # one chunk; 9 chunks (split over threads when there are fewer rows than threads, a row alone
-# among them); 37 chunks, split whatever the batch (rows beyond a quarter of the L2)
+# among them); 37 chunks, beyond a quarter of the L2 (split also where whole rows would share
+# out unevenly: 3 and 5 rows on 2 threads split, 2 rows do not)
 CLASSES = (1000, 70000, 300000)
 OPTIONS = {
     "plain": {},
@@ -90,7 +91,7 @@ def test_any_thread_count_gives_the_same_bits(isa, restore_threads, dtype, class
 def test_a_row_alone_or_in_any_batch_gives_the_same_bits(isa, restore_threads, dtype, classes, option):
     """Row i of a batch of 9 (or 5 for the longer rows) against the same row alone and inside
     the batches made of the first 2, 3 and 5 rows, at 2 threads (where rows split: batches
-    with fewer rows than threads, and rows beyond a quarter of the L2) and at 1."""
+    with fewer rows than threads, and rows beyond a quarter of the L2 in uneven batches) and at 1."""
     rows = 5 if classes > 1000 else 9
     x, target, kwargs = _case(rows, classes, _dtype(dtype), option)
     for threads in (2, 1):
