@@ -541,7 +541,7 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
      * Not merely because a row is large: a split row costs a barrier, and each barrier waits
      * for a thread the OS has put aside, e.g. beside XLA's threads under JAX (donated
      * value_and_grad at 512x131072, 2 threads on Zen 4: 31 -> 21 ms whole rows; NumPy fused
-     * out= 20-27 -> 16-18 ms, 128x262144 12-13 -> 8-9 ms). */
+     * out= 20-27 -> 15-18 ms, 128x262144 12-13 -> 8-9 ms). */
     const int64_t uneven = (rows + nt - 1) / nt * nt - rows; /* rows the last blocks lack */
     const int split = nt > 1 && J.chunks >= nt &&
                       (rows < nt || ((int64_t)(K * (J.es + J.wes)) > ce_l2_bytes() / 2 && 8 * uneven > rows));

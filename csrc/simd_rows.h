@@ -87,7 +87,7 @@ CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T 
 #define CE_Y(j) (capped ? LDC(e + (j)) : LD(x + (j)))
 #define CE_EXP_AT(acc, k)                                                                              \
     do {                                                                                               \
-        const V v = VEXPN_NONPOS(VOP(sub)(CE_Y(j + (k)), vref));                                              \
+        const V v = VEXPN_NONPOS(VOP(sub)(CE_Y(j + (k)), vref));                                       \
         if (keep) STC(e + j + (k), v);                                                                 \
         acc = VOP(add)(acc, v);                                                                        \
     } while (0)
