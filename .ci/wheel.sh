@@ -126,8 +126,11 @@ if not fusedce.cpu_info()["openmp"]:
 print("fusedce", fusedce.__version__, "from", os.path.dirname(fusedce.__file__))
 EOF
 extension=$("$work/venv/bin/python" -c 'from fusedce import _cffi; print(_cffi.__file__)')
-ldd "$extension" | grep -q 'libgomp.*fusedce\.libs/' \
-    || { echo "the extension does not load the wheel's own libgomp:" >&2; ldd "$extension" >&2; exit 1; }
+# Output captured before grep: under pipefail, `ldd | grep -q` fails whenever grep's early exit
+# lands ldd a SIGPIPE, which made this check fail at random on a correct wheel.
+libs=$(ldd "$extension")
+grep -q 'libgomp.*fusedce\.libs/' <<<"$libs" \
+    || { echo "the extension does not load the wheel's own libgomp:" >&2; echo "$libs" >&2; exit 1; }
 version=$("$work/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("fusedce"))')
 for cmd in "$work/venv/bin/fusedce --version" "$work/venv/bin/python -m fusedce --version"; do
     out=$($cmd)
@@ -168,7 +171,8 @@ new_venv python3 "$work/venv-noomp"
 "$work/venv-noomp/bin/python" -m pip install -q -Ccmake.define.CMAKE_DISABLE_FIND_PACKAGE_OpenMP=ON "$sdist" pytest hypothesis
 (
     cd "$work/run"
-    "$work/venv-noomp/bin/fusedce" info | grep -q "built without OpenMP: one thread" \
+    info=$("$work/venv-noomp/bin/fusedce" info)
+    grep -q "built without OpenMP: one thread" <<<"$info" \
         || { echo "fusedce info does not say the build has no OpenMP" >&2; exit 1; }
     "$work/venv-noomp/bin/python" -m pytest -q -p no:cacheprovider tests/test_cli.py tests/test_concurrency.py
 )
