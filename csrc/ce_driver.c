@@ -2,12 +2,12 @@
  * label smoothing, z-loss, softcap, ignored rows, and how the rows are spread over threads.
  *
  * A row is cut into fixed chunks of CE_CHUNK classes. Pass 1 (kernels.h) gives each chunk's
- * max, its exponentials relative to that max (kept in the thread's scratch) and their sum; the
- * chunks' statistics are merged in chunk order. Pass 2 writes the gradient from the kept
- * exponentials (each exp taken once; under a softcap it is taken again, identically), scaled
- * per chunk. The target element of the gradient is then rewritten from a double-precision
- * scalar computation, so it never depends on a vector rounding and half-precision gradients get
- * it computed in (at least) float32.
+ * max, its exponentials relative to that max (kept in the thread's scratch, or over the logits
+ * when the gradient overwrites them) and their sum; the chunks' statistics are merged in chunk
+ * order. Pass 2 writes the gradient from the kept exponentials (each exp taken once; under a
+ * softcap it is taken again, identically), scaled per chunk. The target element of the gradient
+ * is then rewritten from a double-precision scalar computation, so it never depends on a vector
+ * rounding and half-precision gradients get it computed in (at least) float32.
  *
  * Deterministic: a row's results depend on its chunks only, which are the same whether the row
  * is alone or in a batch of any size and whatever the thread count, so results are bitwise
@@ -102,6 +102,7 @@ typedef struct ce_job {
     size_t exp_bytes;            /* of that, the exponentials' */
     int grad_from_exp;           /* pass 2 reads pass 1's exponentials (no softcap) */
     int keep_exp;                /* pass 1 keeps them: there is a pass 2 that reads them */
+    int exp_in_place;            /* kept in the row itself, which the gradient overwrites */
     int row_ahead;               /* pass 1 prefetches the next row (it fits in L2 beside this) */
     int pipeline;                /* whole rows: pass 2 of a row during pass 1 of the next */
     /* Vocabulary shards (fusedce.h, class_offset/total_classes): the logits are the classes
@@ -407,6 +408,8 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
     double deriv_t = 1.0;
     const double y_t = owner && tl >= 0 ? ce_target_y(J, x_row, tl, &deriv_t) : 0.0;
     const int need_stats = ce_needs_stats(J, counted);
+    /* in place, the exponentials go over the logits they are taken from (y_t is read above) */
+    if (J->exp_in_place) e = (char *)a->grad + ce_offset(J, r, lo);
     if (pend && pend->pending && need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
     else {
         if (pend) ce_pending_flush(J, pend);
@@ -546,16 +549,29 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     const int split = nt > 1 && J.chunks >= nt &&
                       (rows < nt || ((int64_t)(K * (J.es + J.wes)) > ce_l2_bytes() / 2 && 8 * uneven > rows));
     const int64_t seg_chunks = split ? (J.chunks + nt - 1) / nt : J.chunks; /* at most, per thread */
-    J.grad_from_exp = !(a->softcap > 0) && (size_t)(seg_chunks * CE_CHUNK) * J.wes <= CE_KEEP_EXP_BYTES;
+    /* A gradient written over its logits (inplace=, JAX's donated logits) keeps the exponentials
+     * there, where the compute type is the logits' own and nothing reads a logit after its exp:
+     * not soft targets (their sums read q with y) nor the smoothed loss (its sum reads y after).
+     * The row's working set is then its logits alone, for rows of any size: 512x131072 float32
+     * keeps a 512 KB row in L2 instead of 1 MB of logits and exponentials. Same bits: the same
+     * exponentials, read back from another place. */
+    J.exp_in_place = a->grad == a->logits && J.es == J.wes && !(a->softcap > 0) && !a->target_probs &&
+                     !(a->loss && a->label_smoothing > 0);
+    J.grad_from_exp = !(a->softcap > 0) &&
+                      (J.exp_in_place || (size_t)(seg_chunks * CE_CHUNK) * J.wes <= CE_KEEP_EXP_BYTES);
     J.keep_exp = J.grad_from_exp && a->grad;
     const int64_t seg = seg_chunks * CE_CHUNK < K ? seg_chunks * CE_CHUNK : K;
-    J.row_ahead = seg * (int64_t)(2 * J.es + J.wes) <= ce_l2_bytes() / 2;
-    J.exp_bytes = ((size_t)((J.grad_from_exp ? seg_chunks : 1) * CE_CHUNK) * J.wes + 63) / 64 * 64;
-    /* the pipeline holds two rows' exponentials: only where they stay in L2 with the logits */
+    const size_t exp_es = J.exp_in_place ? 0 : J.wes; /* scratch bytes per class for exponentials */
+    J.row_ahead = seg * (int64_t)(2 * J.es + exp_es) <= ce_l2_bytes() / 2;
+    J.exp_bytes = J.exp_in_place ? 0
+                                 : ((size_t)((J.grad_from_exp ? seg_chunks : 1) * CE_CHUNK) * J.wes + 63) / 64 * 64;
+    /* the pipeline holds two rows' exponentials: only where they stay in L2 with the logits
+     * (in place, the two rows themselves) */
     J.pipeline = !split && J.keep_exp && !a->target_probs && J.k->stats_grad && !a->lse_in &&
-                 K * (int64_t)(J.es + 2 * J.wes) <= ce_l2_bytes() / 2;
+                 K * (int64_t)(J.es + (J.exp_in_place ? J.es : 2 * J.wes)) <= ce_l2_bytes() / 2;
     /* per thread: exponentials and chunk statistics, twice with the pipeline */
     J.scratch_bytes = (J.exp_bytes + (split ? 0 : (size_t)J.chunks * sizeof(ce_stats)) + 63) / 64 * 64;
+    if (J.scratch_bytes == 0) J.scratch_bytes = 64; /* split in place: none needed, but not a NULL */
     /* split rows' chunk statistics: shared, double-buffered by row parity */
     ce_stats *shared = split ? (ce_stats *)calloc((size_t)J.chunks * 2, sizeof(ce_stats)) : NULL;
     const size_t per_thread = J.scratch_bytes * (J.pipeline ? 2 : 1);

@@ -51,6 +51,11 @@ def _results(x, target, kwargs):
     loss, grad = fusedce.cross_entropy_with_grad(x, target, reduction="none", **kwargs)
     fwd, lse = fusedce.cross_entropy_forward(x, target, reduction="none", **kwargs)
     out = {"loss": loss, "grad": grad, "forward loss": fwd, "lse": lse}
+    # in place, the exponentials are kept over the logits instead of in scratch: the same bits
+    in_place = x.copy()
+    fusedce.cross_entropy_with_grad(in_place, target, reduction="none", inplace=True, **kwargs)
+    _assert_same_bits({"grad": in_place}, {"grad": grad}, "in place against out")
+    out["grad in place"] = in_place
     out["backward grad"] = fusedce.cross_entropy_backward(x, target, lse, reduction="none", **kwargs)
     out["softmax"] = fusedce.softmax(x)
     out["log_softmax"] = fusedce.log_softmax(x)
