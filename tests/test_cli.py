@@ -4,6 +4,7 @@ Everything runs in-process through main([...]) on tiny shapes; one subprocess ch
 `python -m fusedce` itself works.
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -315,3 +316,23 @@ def test_bench_linear_bad_shape_exits_2(capsys):
         main(["bench-linear", "--shape", "64x16"])
     assert exc.value.code == 2
     assert "expected NxHxV" in capsys.readouterr().err
+
+
+def test_kernel_and_roofline_calls_are_timed_in_interleaved_rounds():
+    """fusedce's CPU calls and the roofline alternate call by call (the machine's slow and fast
+    minutes fall on both); other backends keep consecutive calls; every item gets its warm-up
+    (unless its check call was one) and `repeat` times."""
+    calls = []
+
+    def item(name, in_rounds, warm_up=True):
+        row = _bench.Row(_bench.Case(2, 3, "float32"), name, "forward", "host")
+        return _bench._Timed(row, lambda: calls.append(name), lambda: None, contextlib.nullcontext, warm_up,
+                             in_rounds=in_rounds)
+
+    items = [item("cpu/a", True), item("cpu/b", True, warm_up=False), item("torch", False), item("roofline", True)]
+    steps = []
+    progress = type("P", (), {"describe": lambda self, text: None, "advance": lambda self: steps.append(1)})()
+    _bench._time_each(_bench.Case(2, 3, "float32"), items, 2, progress)
+    assert calls == ["cpu/a", "roofline"] + ["cpu/a", "cpu/b", "roofline"] * 2 + ["torch"] * 3
+    assert [len(i.row.times_s) for i in items] == [2, 2, 2, 2]
+    assert len(steps) == 3 * len(items)  # what _steps counts: repeat + 1 per item

@@ -5,14 +5,19 @@ targets (ce, the default), with probability targets of the logits' shape (soft),
 cross-entropy with logits (bce, a target probability per element). Per case: the float64 reference result is computed once
 (the oracle); every chosen backend and operation is run once and checked against it (a wrong
 result stops everything); the oracle is dropped; then every (backend, op) and the yardsticks
-are timed, each as a warm-up then `repeat` consecutive calls, of which the median is reported.
+are timed, each as a warm-up then `repeat` calls, of which the median is reported: fusedce's
+CPU calls and the host roofline passes in interleaved rounds (one call of each per round), the
+other backends in consecutive calls.
 
 The yardsticks on the host are the machine's memory roofline, measured by the C library with
 the threads a kernel call of the case uses: a read of the logits' bytes (the forward's traffic)
 and a copy of them with streaming stores (forward+backward's); np.copyto (one thread) is a
 familiar extra row. `% roof` compares each call with the roofline of its traffic, best call
-against best pass, the machine being shared. (Not round-robin: a call that follows another thread pool's call, torch's OpenMP
-still spinning, runs several times slower at small shapes.)
+against best pass, the machine being shared; the rounds put the kernel's calls and the roofline's
+side by side, so that a shared machine's slow and fast minutes fall on both alike (on a 2-core
+VM the same two-thread read took 7.8 and 15.7 ms a minute apart, and timed in blocks a kernel
+showed 129 % of the roofline). Other backends are not in the rounds: a call that follows another
+thread pool's call, torch's OpenMP still spinning, runs several times slower at small shapes.
 
 Bytes counted are the ones an operation cannot avoid: forward reads the logits once
 (B*K*itemsize), backward (given lse) and fused forward+backward read them once and write the
@@ -816,6 +821,7 @@ class _Timed:
     active: Callable  # context manager factory (the ISA switch), entered outside the timing
     warm_up: bool
     self_timed: bool = False  # the call returns its own seconds (the C library's roofline)
+    in_rounds: bool = False  # timed in the interleaved rounds (fusedce's CPU calls, the roofline)
 
 
 def _run_case(case, specs, config, progress):
@@ -827,7 +833,8 @@ def _run_case(case, specs, config, progress):
             for make in YARDSTICKS[device]:
                 stick = make(logits)
                 row = Row(case, stick.label, stick.op, device, roofline=stick.roofline)
-                timed.append(_Timed(row, stick.run, stick.sync, contextlib.nullcontext, True, stick.self_timed))
+                timed.append(_Timed(row, stick.run, stick.sync, contextlib.nullcontext, True, stick.self_timed,
+                                    in_rounds=stick.label == "roofline"))
         _time_each(case, timed, config.repeat, progress)
         _fill_ratios([item.row for item in timed])
     return [item.row for item in timed]
@@ -851,26 +858,47 @@ def _check_case(case, logits, target, runners, ops, progress):
                 errors = result_errors(runner.outcome(op, result), oracle, case.dtype)
             require_within_tolerance(errors, what)
             row = Row(case, spec.label, op, spec.device, errors=errors)
-            checked.append(_Timed(row, getattr(runner, op), runner.sync, spec.active, seconds < SLOW_CALL_S))
+            checked.append(_Timed(row, getattr(runner, op), runner.sync, spec.active, seconds < SLOW_CALL_S,
+                                  in_rounds=spec.device == "host" and spec.isa is not None))
             progress.advance()
     return checked
 
 
 def _time_each(case, items, repeat, progress):
-    """A warm-up call (unless the check's call was slow enough to be its own), then `repeat`
-    timed calls of each item in turn."""
+    """A warm-up call of each item (unless the check's call was slow enough to be its own),
+    then `repeat` timed calls: in rounds of one call of each item for the items in_rounds, in
+    turn (consecutive calls) for the others."""
+    rounds = [item for item in items if item.in_rounds]
+    for item in rounds:
+        progress.describe(f"warm up {item.row.backend} {item.row.op} {case.label}")
+        if item.warm_up:
+            _time_call(item)
+        progress.advance()
+    for index in range(repeat):
+        progress.describe(f"time round {index + 1} of {repeat}, {case.label}")
+        for item in rounds:
+            item.row.times_s.append(_time_call(item))
+            progress.advance()
     for item in items:
+        if item.in_rounds:
+            continue
         progress.describe(f"time {item.row.backend} {item.row.op} {case.label}")
-        with item.active():
-            for index in range(-1, repeat):
-                if index >= 0 or item.warm_up:
-                    item.sync()
-                    start = time.perf_counter()
-                    result = item.call()
-                    item.sync()
-                    if index >= 0:
-                        item.row.times_s.append(result if item.self_timed else time.perf_counter() - start)
-                progress.advance()
+        for index in range(-1, repeat):
+            if index >= 0 or item.warm_up:
+                seconds = _time_call(item)
+                if index >= 0:
+                    item.row.times_s.append(seconds)
+            progress.advance()
+
+
+def _time_call(item):
+    """One call of item, under its context (entered outside the timing), in seconds."""
+    with item.active():
+        item.sync()
+        start = time.perf_counter()
+        result = item.call()
+        item.sync()
+        return result if item.self_timed else time.perf_counter() - start
 
 
 def _best_gb_per_s(row):
