@@ -440,6 +440,7 @@ class HostCopy:
     op = "copy"
     roofline = None  # one thread, ordinary stores: not the machine's limit
     self_timed = False
+    in_rounds = False
 
     def __init__(self, logits):
         self.src, self.dst = logits, np.empty_like(logits)
@@ -458,6 +459,7 @@ class HostRoofline:
     device = "host"
     label = "roofline"
     self_timed = True
+    in_rounds = True  # timed call by call beside fusedce's CPU calls
 
     def __init__(self, logits, pattern):
         self.op = self.roofline = pattern
@@ -478,6 +480,7 @@ class CudaCopy:
     label = "cuda d2d copy"
     op = roofline = "copy"
     self_timed = False
+    in_rounds = False
 
     def __init__(self, logits):
         from numba import cuda
@@ -834,7 +837,7 @@ def _run_case(case, specs, config, progress):
                 stick = make(logits)
                 row = Row(case, stick.label, stick.op, device, roofline=stick.roofline)
                 timed.append(_Timed(row, stick.run, stick.sync, contextlib.nullcontext, True, stick.self_timed,
-                                    in_rounds=stick.label == "roofline"))
+                                    stick.in_rounds))
         _time_each(case, timed, config.repeat, progress)
         _fill_ratios([item.row for item in timed])
     return [item.row for item in timed]
