@@ -65,7 +65,7 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *next, double 
     }
     out->max = m;
     out->sum = s;
-    out->wtotal = out->wsum = 0.0;
+    out->wtotal = out->wsum = out->qsum = out->qysum = 0.0;
     if (want_wsum)
         CE_FN(factor_sums)(x, NULL, n, softcap, w, ce_stats_ref(m), &out->wtotal, &out->wsum);
 }

@@ -28,10 +28,10 @@
 typedef struct ce_stats {
     double max;    /* max_j y_j; -inf for an empty or all -inf segment; NaNs ignored here */
     double sum;    /* sum_j exp(y_j - max); NaN if any y_j is NaN or +inf */
-    double wtotal; /* sum_j w_j (w_j = 1 without weight); only when want_wsum */
-    double wsum;   /* sum_j w_j*(y_j - ref); only when want_wsum */
-    double qsum;   /* soft targets q: sum_j w_j*q_j */
-    double qysum;  /* soft targets q: sum_j w_j*q_j*(y_j - ref) */
+    double wtotal; /* sum_j w_j (w_j = 1 without weight); only when want_wsum, else 0 */
+    double wsum;   /* sum_j w_j*(y_j - ref); only when want_wsum, else 0 */
+    double qsum;   /* soft targets q: sum_j w_j*q_j; 0 from ce_stats */
+    double qysum;  /* soft targets q: sum_j w_j*q_j*(y_j - ref); 0 from ce_stats */
 } ce_stats;
 
 static inline double ce_stats_ref(double max) { return isfinite(max) ? max : 0.0; }

@@ -142,7 +142,7 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double
     if (softcap > 0) CE_FN(stats_impl)(x, n, next, softcap, (CT *)ev, out, 1, 1);
     else if (ev) CE_FN(stats_impl)(x, n, next, softcap, (CT *)ev, out, 0, 1);
     else CE_FN(stats_impl)(x, n, next, softcap, NULL, out, 0, 0);
-    out->wtotal = out->wsum = 0.0;
+    out->wtotal = out->wsum = out->qsum = out->qysum = 0.0;
     if (want_wsum)
         CE_FN(factor_sums)(x, NULL, n, softcap, (const CT *)wv, ce_stats_ref(out->max), &out->wtotal,
                            &out->wsum);
@@ -183,7 +183,7 @@ static void CE_FN(ce_stats_grad)(const void *xv, int64_t n, const void *nextv, c
         else CE_SG(0, 0);
     }
 #undef CE_SG
-    out->wtotal = out->wsum = 0.0;
+    out->wtotal = out->wsum = out->qsum = out->qysum = 0.0;
     if (want_wsum)
         CE_FN(factor_sums)(x, NULL, n, 0.0, (const CT *)wv, ce_stats_ref(out->max), &out->wtotal, &out->wsum);
 }
