@@ -29,6 +29,8 @@
 
 /* Below this many elements a call runs on one thread: waking threads costs more. */
 #define CE_MIN_ELEMS_PER_THREAD (1 << 15)
+/* Rows without a gradient whose passes 1 run back to back (ce_rows_forward). */
+#define CE_ROW_BLOCK 8
 /* The unit of a row's statistics: fixed runs of classes, in cache between their two passes. */
 #define CE_CHUNK 8192
 /* A thread keeps its segment's exponentials for pass 2 up to this many bytes (they then stay in
@@ -392,64 +394,122 @@ static void ce_chunks_stats_grad(const ce_job *J, int64_t r, int64_t next_r, cha
     p->pending = 0;
 }
 
-/* Row r's chunks [c0, c1) on this thread, a whole row (split = 0: its chunk statistics in
- * `st`) or its share of a split one (the chunks' statistics shared in st, merged after a
- * barrier by every thread alike). e: this thread's scratch. The loss and the class target's
- * gradient element belong to the thread whose chunks hold the target (thread 0 for soft
- * targets), which reads y_t before any store. */
-static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, int first,
-                          int split, char *e, ce_stats *st, ce_pending *pend)
+/* What a row's two halves share: its target, read before pass 1 (and before any store). */
+typedef struct ce_row_head {
+    int64_t t;       /* the row's class target (0 for probability targets) */
+    int64_t tl;      /* its element in the logits' row, or -1 (see ce_row_begin) */
+    int counted;     /* not an ignored row */
+    int owner;       /* this thread writes the row's loss and the target's gradient element */
+    int need_stats;  /* the row has a pass 1 */
+    double y_t, deriv_t;
+} ce_row_head;
+
+/* The target of row r (chunks [c0, c1) on this thread): y_t is read here, before any
+ * gradient store. The loss and the class target's gradient element belong to the thread
+ * whose chunks hold the target (thread 0 for soft targets). */
+static ce_row_head ce_row_begin(const ce_job *J, int64_t r, int64_t c0, int64_t c1, int first)
 {
     const fusedce_ce_args *a = J->a;
     const int64_t K = a->classes, lo = ce_chunk_lo(c0), hi = c1 < J->chunks ? ce_chunk_lo(c1) : K;
-    const int64_t t = a->target_probs ? 0 : ce_target_at(a, r);
-    const int counted = a->target_probs || t != a->ignore_index;
+    ce_row_head h = {0, -1, 0, 0, 0, 0.0, 1.0};
+    h.t = a->target_probs ? 0 : ce_target_at(a, r);
+    h.counted = a->target_probs || h.t != a->ignore_index;
     /* -1: probability targets, an ignored row, or a target in another shard; then the first
      * thread owns the row's loss */
-    const int64_t tl = a->target_probs || !counted ? -1 : ce_local_target(J, t);
-    const int owner = tl < 0 ? first : (tl >= lo && tl < hi);
+    h.tl = a->target_probs || !h.counted ? -1 : ce_local_target(J, h.t);
+    h.owner = h.tl < 0 ? first : (h.tl >= lo && h.tl < hi);
     const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
-    double deriv_t = 1.0;
-    const double y_t = owner && tl >= 0 ? ce_target_y(J, x_row, tl, &deriv_t) : 0.0;
-    const int need_stats = ce_needs_stats(J, counted);
-    /* in place, the exponentials go over the logits they are taken from (y_t is read above) */
-    if (J->exp_in_place) e = (char *)a->grad + ce_offset(J, r, lo);
-    if (pend && pend->pending && need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
+    if (h.owner && h.tl >= 0) h.y_t = ce_target_y(J, x_row, h.tl, &h.deriv_t);
+    h.need_stats = ce_needs_stats(J, h.counted);
+    return h;
+}
+
+/* Pass 1 of row r over chunks [c0, c1), with the pending row's pass 2 alongside where there
+ * is one (else that row's gradient is written first). In place, the exponentials go over the
+ * logits they are taken from. */
+static char *ce_row_pass1(const ce_job *J, const ce_row_head *h, int64_t r, int64_t next_r, int64_t c0, int64_t c1,
+                          char *e, ce_stats *st, ce_pending *pend)
+{
+    if (J->exp_in_place) e = (char *)J->a->grad + ce_offset(J, r, ce_chunk_lo(c0));
+    if (pend && pend->pending && h->need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
     else {
         if (pend) ce_pending_flush(J, pend);
-        if (need_stats) ce_chunks_stats(J, r, next_r, c0, c1, e, st);
+        if (h->need_stats) ce_chunks_stats(J, r, next_r, c0, c1, e, st);
     }
-#ifdef _OPENMP
-    /* One barrier per split row, stats or not, keeps the parity double-buffering safe. */
-    if (split) {
-#pragma omp barrier
-    }
-#endif
+    return e;
+}
+
+/* The rest of row r once its chunk statistics st are in: the lse, the loss and the gradient
+ * (or, with the pipeline, the gradient left pending for the next row's pass 1). */
+static void ce_row_end(const ce_job *J, const ce_row_head *h, int64_t r, int64_t next_r, int64_t c0, int64_t c1,
+                       int first, char *e, ce_stats *st, ce_pending *pend)
+{
+    const fusedce_ce_args *a = J->a;
+    const int64_t lo = ce_chunk_lo(c0), hi = c1 < J->chunks ? ce_chunk_lo(c1) : a->classes;
     ce_stats row = {-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0};
     double lse = 0.0;
-    if (need_stats) {
+    if (h->need_stats) {
         ce_merge_chunks(st, J->chunks, &row);
         lse = row.max + log(row.sum);
         if (a->lse_out && first) a->lse_out[r] = lse;
-    } else if (counted) {
+    } else if (h->counted) {
         lse = a->lse_in[r];
     }
-    if (!counted) {
+    if (!h->counted) {
         if (a->loss && first) a->loss[r] = 0.0;
         if (a->grad) memset((char *)a->grad + ce_offset(J, r, lo), 0, (size_t)(hi - lo) * J->es);
         return;
     }
     const ce_row_terms T =
-        ce_terms(J, r, t, y_t, deriv_t, lse, &row, owner && a->loss ? a->loss + r : NULL);
+        ce_terms(J, r, h->t, h->y_t, h->deriv_t, lse, &row, h->owner && a->loss ? a->loss + r : NULL);
     if (a->grad) {
-        const int64_t t_here = owner ? tl : -1;
-        if (pend && need_stats) { /* written during the next row's pass 1 */
+        const int64_t t_here = h->owner ? h->tl : -1;
+        if (pend && h->need_stats) { /* written during the next row's pass 1 */
             *pend = (ce_pending){r, t_here, T, e, st, 1};
             return;
         }
-        if (need_stats) ce_chunks_grad(J, r, next_r, c0, c1, e, st, t_here, &T);
+        if (h->need_stats) ce_chunks_grad(J, r, next_r, c0, c1, e, st, t_here, &T);
         else ce_grad_from_lse(J, r, next_r, lo, hi, t_here, &T);
         if (t_here >= 0) ce_write_target_grad(J, &T, r, t_here);
+    }
+}
+
+/* Row r's chunks [c0, c1) on this thread, a whole row (split = 0: its chunk statistics in
+ * `st`) or its share of a split one (the chunks' statistics shared in st, merged after a
+ * barrier by every thread alike). e: this thread's scratch. */
+static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, int first,
+                          int split, char *e, ce_stats *st, ce_pending *pend)
+{
+    const ce_row_head h = ce_row_begin(J, r, c0, c1, first);
+    e = ce_row_pass1(J, &h, r, next_r, c0, c1, e, st, pend);
+#ifdef _OPENMP
+    /* One barrier per split row, stats or not, keeps the parity double-buffering safe. */
+    if (split) {
+#pragma omp barrier
+    }
+#else
+    (void)split;
+#endif
+    ce_row_end(J, &h, r, next_r, c0, c1, first, e, st, pend);
+}
+
+/* Rows [r0, r1) without a gradient, CE_ROW_BLOCK at a time: each block's passes 1 back to
+ * back, then their lse and loss. A row's pass 1 ends in a chain of dependent steps (the
+ * reduction of its sums, the log, the loss): done row by row, each chain holds up the next
+ * row's start; a block's chains overlap with the next rows' passes 1. Same arithmetic per row,
+ * so the same bits. st: CE_ROW_BLOCK rows' chunk statistics. */
+static void ce_rows_forward(const ce_job *J, int64_t r0, int64_t r1, char *e, ce_stats *st)
+{
+    ce_row_head h[CE_ROW_BLOCK];
+    for (int64_t rb = r0; rb < r1; rb += CE_ROW_BLOCK) {
+        const int64_t n = r1 - rb < CE_ROW_BLOCK ? r1 - rb : CE_ROW_BLOCK;
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t r = rb + i;
+            h[i] = ce_row_begin(J, r, 0, J->chunks, 1);
+            ce_row_pass1(J, &h[i], r, r + 1 < r1 ? r + 1 : -1, 0, J->chunks, e, st + i * J->chunks, NULL);
+        }
+        for (int64_t i = 0; i < n; i++)
+            ce_row_end(J, &h[i], rb + i, -1, 0, J->chunks, 1, e, st + i * J->chunks, NULL);
     }
 }
 
@@ -577,7 +637,8 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     J.pipeline = !split && J.keep_exp && !a->target_probs && J.k->stats_grad && !a->lse_in &&
                  pipeline_bytes <= ce_l2_bytes();
     /* per thread: exponentials and chunk statistics, twice with the pipeline */
-    J.scratch_bytes = (J.exp_bytes + (split ? 0 : (size_t)J.chunks * sizeof(ce_stats)) + 63) / 64 * 64;
+    const size_t stats_rows = split ? 0 : a->grad ? 1 : CE_ROW_BLOCK; /* rows of chunk statistics kept */
+    J.scratch_bytes = (J.exp_bytes + stats_rows * (size_t)J.chunks * sizeof(ce_stats) + 63) / 64 * 64;
     if (J.scratch_bytes == 0) J.scratch_bytes = 64; /* split in place: none needed, but not a NULL */
     /* split rows' chunk statistics: shared, double-buffered by row parity */
     ce_stats *shared = split ? (ce_stats *)calloc((size_t)J.chunks * 2, sizeof(ce_stats)) : NULL;
@@ -602,14 +663,18 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
         } else {
             int64_t r0, r1;
             ce_thread_rows(rows, &r0, &r1);
-            ce_pending pend = {0, 0, {0}, NULL, NULL, 0};
-            for (int64_t r = r0; r < r1; r++) {
-                /* with the pipeline, rows alternate between the two halves of the scratch */
-                char *er = e + (J.pipeline ? (size_t)(r & 1) * J.scratch_bytes : 0);
-                ce_row_chunks(&J, r, r + 1 < r1 ? r + 1 : -1, 0, J.chunks, 1, 0, er, (ce_stats *)(er + J.exp_bytes),
-                              J.pipeline ? &pend : NULL);
+            if (!a->grad) {
+                ce_rows_forward(&J, r0, r1, e, (ce_stats *)(e + J.exp_bytes));
+            } else {
+                ce_pending pend = {0, 0, {0}, NULL, NULL, 0};
+                for (int64_t r = r0; r < r1; r++) {
+                    /* with the pipeline, rows alternate between the two halves of the scratch */
+                    char *er = e + (J.pipeline ? (size_t)(r & 1) * J.scratch_bytes : 0);
+                    ce_row_chunks(&J, r, r + 1 < r1 ? r + 1 : -1, 0, J.chunks, 1, 0, er,
+                                  (ce_stats *)(er + J.exp_bytes), J.pipeline ? &pend : NULL);
+                }
+                ce_pending_flush(&J, &pend);
             }
-            ce_pending_flush(&J, &pend);
         }
         if (J.stream) ce_stream_fence();
     }
