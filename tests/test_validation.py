@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fusedce
 from fusedce import reference
@@ -121,6 +123,29 @@ def test_out_of_range_target_names_multi_dim_position():
     t[1, 2] = 7
     with pytest.raises(ValueError, match=r"target\[1, 2\] = 7"):
         fusedce.cross_entropy(x, t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), num_classes=st.integers(1, 12),
+       dtype=st.sampled_from(["<i4", ">i8", "<i8", "|i1", "<u2", ">u4", "|u1"]),
+       ignore_index=st.sampled_from([-100, -1, 0, 3, 12, 2**40]))
+def test_target_range_check_matches_the_plain_test(data, num_classes, dtype, ignore_index):
+    """The check of class indices (unsigned view, counted ignored rows) against the plain
+    elementwise test: valid targets pass, and the first bad one is named."""
+    info = np.iinfo(np.dtype(dtype))
+    values = data.draw(st.lists(st.integers(max(info.min, -130), min(info.max, 140)), min_size=1, max_size=9))
+    if ignore_index != 2**40 and info.min <= ignore_index <= info.max and data.draw(st.booleans()):
+        values[data.draw(st.integers(0, len(values) - 1))] = ignore_index
+    t = np.array(values, dtype=dtype)
+    bad = (t != ignore_index) & ((t < 0) | (t >= num_classes))
+    x = np.zeros((len(values), num_classes), np.float32)
+    if bad.any():
+        first = int(np.argmax(bad))
+        with pytest.raises(ValueError, match=rf"target\[{first}\] = {int(t[first])} is out of range"):
+            fusedce.cross_entropy(x, t, ignore_index=ignore_index, reduction="sum")
+    else:
+        loss = fusedce.cross_entropy(x, t, ignore_index=ignore_index, reduction="sum")
+        assert loss == pytest.approx(np.count_nonzero(~bad & (t != ignore_index)) * np.log(num_classes), rel=1e-6)
 
 
 def test_backward_lse_shape():
