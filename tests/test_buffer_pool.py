@@ -28,7 +28,7 @@ from parallel_runs import run_concurrently, wait_for_child
 from tolerances import assert_grad_close, assert_loss_close
 
 MIB = 2**20
-# (B, K) float32: a 2 MiB gradient, over the pool's 1 MiB threshold.
+# (B, K) float32: a 2 MiB gradient, over the pool's 128 KiB threshold.
 B, K = 256, 2048
 
 
@@ -104,7 +104,7 @@ def _every_result(rows, classes):
 
 
 def test_every_large_result_comes_from_the_pool_and_is_an_ordinary_array():
-    # 2**18 rows: the per-row results are 1 MiB in float32, the pool's threshold
+    # 2**18 rows: the per-row results are 1 MiB in float32, over the pool's threshold
     results = _every_result(2**18, 4)
     x, t = problem(1, 2**18, 4)
     for name, r in results.items():
@@ -122,6 +122,9 @@ def test_every_large_result_comes_from_the_pool_and_is_an_ordinary_array():
 def test_small_results_and_results_with_the_pool_off_come_from_numpy():
     x, t = problem(0, 8, 16)
     assert not from_pool(fusedce.cross_entropy_with_grad(x, t)[1])
+    # the threshold: 128 KiB of float32 lse is pooled, 64 bytes less is not
+    assert from_pool(fusedce.logsumexp(problem(0, 2**15, 4)[0]))
+    assert not from_pool(fusedce.logsumexp(problem(0, 2**15 - 16, 4)[0]))
     fusedce.set_buffer_pool(0)
     x, t = problem(0)
     _, g = fusedce.cross_entropy_with_grad(x, t)
@@ -396,7 +399,7 @@ def test_many_pooled_results_keep_memory_flat():
     """100,000 results from the pool (some kept a while, some viewed, most released at once)
     between real calls: the resident set and the pool's in-use count come back to where they
     were (a leaked block is 1 MiB; a leaked descriptor or cffi object 100 bytes a call, 10 MB)."""
-    x, t = problem(0, 64, 4096)  # 1 MiB gradients: the smallest pooled size
+    x, t = problem(0, 64, 4096)  # 1 MiB gradients
     q = np.random.default_rng(1).uniform(0, 1, x.shape).astype(np.float32)
     sizes = [MIB, MIB + 4096, 2 * MIB, 3 * MIB + 100]
 

@@ -1141,7 +1141,7 @@ def _pool_line(pool):
              f"bound {pool['limit'] / mib:.0f} MiB" if pool["limit"] is not None else
              f"bound adaptive, now {pool['bound'] / mib:.0f} MiB (the recent peak in use)")
     return (f"holds {pool['held_bytes'] / mib:.0f} MiB in {pool['held_blocks']} blocks, {bound}; "
-            f"in use {pool['in_use_bytes'] / mib:.0f} MiB; results from {pool['min_pooled_bytes'] // mib} MiB; "
+            f"in use {pool['in_use_bytes'] / mib:.0f} MiB; results from {pool['min_pooled_bytes'] // 1024} KiB; "
             f"huge pages {pool['huge_pages']} (system: {pool['transparent_huge_pages'] or 'unknown'})")
 
 
