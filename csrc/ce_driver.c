@@ -404,8 +404,8 @@ typedef struct ce_row_head {
     double y_t, deriv_t;
 } ce_row_head;
 
-/* The target of row r (chunks [c0, c1) on this thread): y_t is read here, before any
- * gradient store. The loss and the class target's gradient element belong to the thread
+/* The target of row r (chunks [c0, c1) on this thread), its logit y_t not yet read (see
+ * ce_row_target_y). The loss and the class target's gradient element belong to the thread
  * whose chunks hold the target (thread 0 for soft targets). */
 static ce_row_head ce_row_begin(const ce_job *J, int64_t r, int64_t c0, int64_t c1, int first)
 {
@@ -418,10 +418,16 @@ static ce_row_head ce_row_begin(const ce_job *J, int64_t r, int64_t c0, int64_t 
      * thread owns the row's loss */
     h.tl = a->target_probs || !h.counted ? -1 : ce_local_target(J, h.t);
     h.owner = h.tl < 0 ? first : (h.tl >= lo && h.tl < hi);
-    const char *x_row = (const char *)a->logits + (size_t)r * (size_t)K * J->es;
-    if (h.owner && h.tl >= 0) h.y_t = ce_target_y(J, x_row, h.tl, &h.deriv_t);
     h.need_stats = ce_needs_stats(J, h.counted);
     return h;
+}
+
+/* y_t into the head where this thread owns the target: before any gradient store to the row
+ * (in place, its pass 1 overwrites the logits). */
+static void ce_row_target_y(const ce_job *J, ce_row_head *h, int64_t r)
+{
+    const char *x_row = (const char *)J->a->logits + (size_t)r * (size_t)J->a->classes * J->es;
+    if (h->owner && h->tl >= 0) h->y_t = ce_target_y(J, x_row, h->tl, &h->deriv_t);
 }
 
 /* Pass 1 of row r over chunks [c0, c1), with the pending row's pass 2 alongside where there
@@ -480,7 +486,8 @@ static void ce_row_end(const ce_job *J, const ce_row_head *h, int64_t r, int64_t
 static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0, int64_t c1, int first,
                           int split, char *e, ce_stats *st, ce_pending *pend)
 {
-    const ce_row_head h = ce_row_begin(J, r, c0, c1, first);
+    ce_row_head h = ce_row_begin(J, r, c0, c1, first);
+    ce_row_target_y(J, &h, r);
     e = ce_row_pass1(J, &h, r, next_r, c0, c1, e, st, pend);
 #ifdef _OPENMP
     /* One barrier per split row, stats or not, keeps the parity double-buffering safe. */
@@ -496,8 +503,9 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
 /* Rows [r0, r1) without a gradient, CE_ROW_BLOCK at a time: each block's passes 1 back to
  * back, then their lse and loss. A row's pass 1 ends in a chain of dependent steps (the
  * reduction of its sums, the log, the loss): done row by row, each chain holds up the next
- * row's start; a block's chains overlap with the next rows' passes 1. Same arithmetic per row,
- * so the same bits. st: CE_ROW_BLOCK rows' chunk statistics. */
+ * row's start; a block's chains overlap with the next rows' passes 1. Nothing is stored to the
+ * logits, so y_t is read after pass 1, from cache. Same arithmetic per row, so the same bits.
+ * st: CE_ROW_BLOCK rows' chunk statistics. */
 static void ce_rows_forward(const ce_job *J, int64_t r0, int64_t r1, char *e, ce_stats *st)
 {
     ce_row_head h[CE_ROW_BLOCK];
@@ -508,8 +516,10 @@ static void ce_rows_forward(const ce_job *J, int64_t r0, int64_t r1, char *e, ce
             h[i] = ce_row_begin(J, r, 0, J->chunks, 1);
             ce_row_pass1(J, &h[i], r, r + 1 < r1 ? r + 1 : -1, 0, J->chunks, e, st + i * J->chunks, NULL);
         }
-        for (int64_t i = 0; i < n; i++)
+        for (int64_t i = 0; i < n; i++) {
+            ce_row_target_y(J, &h[i], rb + i);
             ce_row_end(J, &h[i], rb + i, -1, 0, J->chunks, 1, e, st + i * J->chunks, NULL);
+        }
     }
 }
 
