@@ -1,7 +1,7 @@
 /* Microbenchmark of the row primitives of every compiled ISA (one thread), built with the ISA
  * files of this machine's architecture (tests/c/isas.sh reads them from csrc/isa_list.h):
  *
- *   f="-O3 -fno-math-errno -ffp-contract=off -Icsrc -Icsrc/include" objs=""
+ *   f="-O3 -fno-math-errno -ffp-contract=off -falign-loops=64 -Icsrc -Icsrc/include" objs=""
  *   while read -r isa flags; do cc $f $flags -c csrc/ce_$isa.c -o /tmp/$isa.o; objs="$objs /tmp/$isa.o"
  *   done <<< "$(sh tests/c/isas.sh)"
  *   cc $f bench/c_kernels.c csrc/ce_portable.c csrc/dispatch.c $objs -lm -lpthread -o /tmp/c_kernels
