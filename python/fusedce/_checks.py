@@ -7,6 +7,7 @@ backends take (2-D contiguous logits, 1-D targets, per-row gradient scale).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def dtype_name(dtype) -> str:
-    return np.dtype(dtype).name
+    return _name_of(np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _name_of(dtype):
+    # NumPy computes dtype.name in Python on every access (several microseconds); a call
+    # asks for it about five times
+    return dtype.name
 
 
 def check_logits_dtype(arr, name="logits"):

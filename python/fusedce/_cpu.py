@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _pool
 from ._cffi import ffi, lib
+from ._checks import dtype_name
 
 # Every instruction set the C library knows (csrc/isa_list.h), by enum value, compiled in or not.
 ISA_NAMES = tuple(ffi.string(lib.fusedce_isa_name(code)).decode() for code in range(lib.FUSEDCE_ISA_COUNT))
@@ -97,7 +98,7 @@ def binary_cross_entropy(call, *, want_elements):
         if call.grad is not None:
             args.grad = ptr(call.grad)
         args.loss_sum = total
-        _check_rc(_BCE_ENTRY[x.dtype.name](args))
+        _check_rc(_BCE_ENTRY[dtype_name(x.dtype)](args))
     return total[0], None if loss is None else loss.reshape(call.logits.shape)
 
 
@@ -113,7 +114,7 @@ def cross_entropy(call, *, want_loss, want_lse=False, lse_in=None):
         if lse is not None:
             lse.fill(-np.inf)
         return loss, lse
-    name = call.x.dtype.name
+    name = dtype_name(call.x.dtype)
     args = ffi.new("fusedce_ce_args *")
     bad_row = ffi.new("int64_t *", -1)
     ptr = _Pointers()
@@ -165,7 +166,7 @@ def softmax_family(mode, x2d):
     xb = _buf(x2d)
     ob = _buf(out) if out is not None else ffi.NULL
     lb = ffi.from_buffer(lse)
-    rc = lib.fusedce_softmax(_DTYPE_CODE[x2d.dtype.name], SOFTMAX_MODES[mode], rows, classes,
+    rc = lib.fusedce_softmax(_DTYPE_CODE[dtype_name(x2d.dtype)], SOFTMAX_MODES[mode], rows, classes,
                              ffi.cast("void *", xb), ffi.cast("void *", ob), ffi.cast("double *", lb))
     _check_rc(rc)
     return out, lse
