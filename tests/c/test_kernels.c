@@ -290,8 +290,9 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     buffer pe = buf_new((size_t)n * weight_size(dt), 0);
 
     ce_stats got, port;
-    memset(&got, 0, sizeof got);
-    memset(&port, 0, sizeof port);
+    /* stale bytes, as in a reused scratch: ce_stats writes every field (kernels.h) */
+    memset(&got, 0xa5, sizeof got);
+    memset(&port, 0xa5, sizeof port);
     isa->table->k[dt].stats(xb.p, n, xb.p, softcap, w, want_wsum, eb.p, &got);
     ce_table_portable.k[dt].stats(xb.p, n, NULL, softcap, w, want_wsum, pe.p, &port);
     const oracle_stats o = stats_oracle(dt, xb.p, n, softcap, w);
@@ -301,6 +302,10 @@ static void test_stats_case(const isa_entry *isa, int dt, int64_t n, double soft
     snprintf(what, sizeof what, "%s stats %s n=%lld cap=%g w=%d wsum=%d off=%zu special=%s",
              isa->name, dtype_name[dt], (long long)n, softcap, weighted, want_wsum, offset,
              special_name[special]);
+    check(got.qsum == 0 && got.qysum == 0 && port.qsum == 0 && port.qysum == 0 &&
+              (want_wsum || (got.wtotal == 0 && got.wsum == 0 && port.wtotal == 0 && port.wsum == 0)),
+          "%s: the sums it does not take are not 0 (q %g %g, w %g %g; portable q %g %g)", what, got.qsum,
+          got.qysum, got.wtotal, got.wsum, port.qsum, port.qysum);
 
     /* The exponentials e_j = exp(y_j - max) (relative to 0 when the max is -inf): the exp's
      * few ULP and its argument's rounding (of y - max, and of y under the softcap's tanh). */
@@ -428,7 +433,7 @@ static void test_stats_grad_case(const isa_entry *isa, int dt, int64_t n, int we
     fill_logits(dt, pb.p, n, SP_NONE); /* the earlier row */
     fill_weights(dt, wb.p, n);
     ce_stats prev, got, want;
-    memset(&got, 0, sizeof got), memset(&want, 0, sizeof want);
+    memset(&got, 0xa5, sizeof got), memset(&want, 0x5a, sizeof want); /* every field written */
     isa->table->k[dt].stats(pb.p, n, NULL, 0.0, NULL, 0, pe.p, &prev);
     const void *w = weighted ? wb.p : NULL;
     const double a = rng_uniform(0.1, 2.0), b0 = weighted ? rng_uniform(-0.2, 0.2) : 0.0;
