@@ -9,6 +9,7 @@ from torch import Tensor
 import fusedce
 from fusedce import _checks
 
+from ._eager import autograd_op_call, op_call
 from ._tensors import (
     FLOAT_DTYPES,
     HALF_DTYPES,
@@ -27,9 +28,8 @@ def _kernel_options(x, weight, pos_weight, reduction):
     return dict(weight=constant_array(weight, x), pos_weight=constant_array(pos_weight, x), reduction=reduction)
 
 
-@torch.library.custom_op("fusedce::bce_with_logits_fwd", mutates_args=())
-def _bce_fwd(x: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None, reduction: str,
-             keep_grad: bool) -> tuple[Tensor, Tensor]:
+def _bce_fwd_impl(x: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None, reduction: str,
+                  keep_grad: bool) -> tuple[Tensor, Tensor]:
     """(loss, kept): with keep_grad, kept is the gradient of the loss from the fused pass;
     else it is empty (backward then recomputes from the inputs)."""
     opts = _kernel_options(x, weight, pos_weight, reduction)
@@ -43,15 +43,17 @@ def _bce_fwd(x: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tenso
     return loss_tensor(loss, x), kept
 
 
-@_bce_fwd.register_fake
+_bce_fwd_op = torch.library.custom_op("fusedce::bce_with_logits_fwd", mutates_args=())(_bce_fwd_impl)
+
+
+@_bce_fwd_op.register_fake
 def _(x, target, weight, pos_weight, reduction, keep_grad):
     loss = x.new_empty(x.shape if reduction == "none" else (), dtype=loss_dtype(x))
     return loss, x.new_empty(x.shape if keep_grad else 0)
 
 
-@torch.library.custom_op("fusedce::bce_with_logits_bwd", mutates_args=())
-def _bce_bwd(x: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None, grad_loss: Tensor,
-             reduction: str) -> Tensor:
+def _bce_bwd_impl(x: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tensor | None, grad_loss: Tensor,
+                  reduction: str) -> Tensor:
     """The gradient of grad_loss . loss (a scalar, or per element with 'none') in one pass,
     the incoming gradient applied before a half-precision gradient is rounded."""
     grad = empty_like(x)
@@ -61,7 +63,11 @@ def _bce_bwd(x: Tensor, target: Tensor, weight: Tensor | None, pos_weight: Tenso
     return grad
 
 
-@_bce_bwd.register_fake
+_bce_bwd_op = torch.library.custom_op("fusedce::bce_with_logits_bwd", mutates_args=())(_bce_bwd_impl)
+_bce_bwd = op_call(_bce_bwd_op, _bce_bwd_impl)
+
+
+@_bce_bwd_op.register_fake
 def _(x, target, weight, pos_weight, grad_loss, reduction):
     return x.new_empty(x.shape)
 
@@ -110,7 +116,8 @@ def _backward(ctx, grad_loss, _grad_kept):
     return grad, grad_target, None, None, None, None
 
 
-_bce_fwd.register_autograd(_backward, setup_context=_setup_context)
+_bce_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_bce_fwd = autograd_op_call(_bce_fwd_op, _bce_fwd_impl, _setup_context, _backward)
 
 
 def _constant(value, name, x):

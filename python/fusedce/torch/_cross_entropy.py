@@ -10,6 +10,7 @@ from torch import Tensor
 import fusedce
 from fusedce import _checks
 
+from ._eager import autograd_op_call, op_call
 from ._tensors import (
     FLOAT_DTYPES,
     HALF_DTYPES,
@@ -53,10 +54,9 @@ def _items_factor(num_items):
 # probabilities; softcap 0.0 means off.
 
 
-@torch.library.custom_op("fusedce::cross_entropy_fwd", mutates_args=())
-def _cross_entropy_fwd(x: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
-                       reduction: str, label_smoothing: float, z_loss: float, softcap: float,
-                       num_items: float, keep: str, inplace: bool) -> tuple[Tensor, Tensor]:
+def _cross_entropy_fwd_impl(x: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int,
+                            reduction: str, label_smoothing: float, z_loss: float, softcap: float,
+                            num_items: float, keep: str, inplace: bool) -> tuple[Tensor, Tensor]:
     """(loss, kept). keep='grad': kept is the gradient of the loss from the fused pass (with
     inplace=True it is written over x and kept is empty: an op's outputs may not alias its
     inputs, and the schema does not declare the write, which is why inplace is eager-only);
@@ -81,7 +81,10 @@ def _cross_entropy_fwd(x: Tensor, target: Tensor, weight: Tensor | None, ignore_
     return loss_tensor(loss, x), kept
 
 
-@_cross_entropy_fwd.register_fake
+_cross_entropy_fwd_op = torch.library.custom_op("fusedce::cross_entropy_fwd", mutates_args=())(_cross_entropy_fwd_impl)
+
+
+@_cross_entropy_fwd_op.register_fake
 def _(x, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, num_items, keep, inplace):
     loss = x.new_empty(x.shape[:-1] if reduction == "none" else (), dtype=loss_dtype(x))
     if keep == "grad" and not inplace:
@@ -103,15 +106,18 @@ def _gradient_from_lse(x, target, weight, lse, grad_loss, options, inplace):
     return grad
 
 
-@torch.library.custom_op("fusedce::cross_entropy_bwd", mutates_args=())
-def _cross_entropy_bwd(x: Tensor, target: Tensor, weight: Tensor | None, lse: Tensor, grad_loss: Tensor,
-                       ignore_index: int, reduction: str, label_smoothing: float, z_loss: float,
-                       softcap: float, num_items: float) -> Tensor:
+def _cross_entropy_bwd_impl(x: Tensor, target: Tensor, weight: Tensor | None, lse: Tensor, grad_loss: Tensor,
+                            ignore_index: int, reduction: str, label_smoothing: float, z_loss: float,
+                            softcap: float, num_items: float) -> Tensor:
     options = (ignore_index, reduction, label_smoothing, z_loss, softcap, num_items)
     return _gradient_from_lse(x, target, weight, lse, grad_loss, options, inplace=False)
 
 
-@_cross_entropy_bwd.register_fake
+_cross_entropy_bwd_op = torch.library.custom_op("fusedce::cross_entropy_bwd", mutates_args=())(_cross_entropy_bwd_impl)
+_cross_entropy_bwd = op_call(_cross_entropy_bwd_op, _cross_entropy_bwd_impl)
+
+
+@_cross_entropy_bwd_op.register_fake
 def _(x, target, weight, lse, grad_loss, ignore_index, reduction, label_smoothing, z_loss, softcap, num_items):
     return x.new_empty(x.shape)
 
@@ -171,7 +177,8 @@ def _backward(ctx, grad_loss, _grad_kept):
     return grad, grad_target, None, None, None, None, None, None, None, None, None
 
 
-_cross_entropy_fwd.register_autograd(_backward, setup_context=_setup_context)
+_cross_entropy_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_cross_entropy_fwd = autograd_op_call(_cross_entropy_fwd_op, _cross_entropy_fwd_impl, _setup_context, _backward)
 
 
 # --------------------------------------------------------------------------- public API

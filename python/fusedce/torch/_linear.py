@@ -21,6 +21,7 @@ from torch import Tensor
 
 from fusedce import _checks, _linear
 
+from ._eager import autograd_op_call, op_call
 from ._tensors import (
     FLOAT_DTYPES,
     HALF_DTYPES,
@@ -160,11 +161,10 @@ def _absent(x):
 # --------------------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("fusedce::linear_cross_entropy_fwd", mutates_args=())
-def _fwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tensor | None, batch_shape: list[int],
-         ignore_index: int,
-         reduction: str, label_smoothing: float, z_loss: float, softcap: float, chunk_size: int,
-         grad_filter: float, num_items: float, keep: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _fwd_impl(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tensor | None, batch_shape: list[int],
+              ignore_index: int,
+              reduction: str, label_smoothing: float, z_loss: float, softcap: float, chunk_size: int,
+              grad_filter: float, num_items: float, keep: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss, grad_x, grad_w, grad_b). keep: which gradients the fused forward computes and
     keeps (those of the loss itself: backward scales them); none kept: the loss alone, the
     gradients empty. target: (N,) class indices or (N, V) probabilities."""
@@ -176,7 +176,10 @@ def _fwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tens
     return (_loss_tensor(loss, x), *[g if g is not None else _absent(x) for g in grads])
 
 
-@_fwd.register_fake
+_fwd_op = torch.library.custom_op("fusedce::linear_cross_entropy_fwd", mutates_args=())(_fwd_impl)
+
+
+@_fwd_op.register_fake
 def _(x, w, target, bias, weight, batch_shape, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size,
       grad_filter, num_items, keep):
     loss = x.new_empty(x.shape[:1] if reduction == "none" else (), dtype=loss_dtype(x))
@@ -184,10 +187,9 @@ def _(x, w, target, bias, weight, batch_shape, ignore_index, reduction, label_sm
     return (loss, *[x.new_empty(s if k else (0,)) for s, k in zip(shapes, keep)])
 
 
-@torch.library.custom_op("fusedce::linear_cross_entropy_bwd", mutates_args=())
-def _bwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tensor | None, grad_loss: Tensor,
-         ignore_index: int, reduction: str, label_smoothing: float, z_loss: float, softcap: float,
-         chunk_size: int, grad_filter: float, num_items: float, need: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+def _bwd_impl(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tensor | None, grad_loss: Tensor,
+              ignore_index: int, reduction: str, label_smoothing: float, z_loss: float, softcap: float,
+              chunk_size: int, grad_filter: float, num_items: float, need: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
     """The gradients of grad_loss . loss: the loop again, the upstream gradient (scalar, or
     per row for 'none') applied in the kernel before a half-precision gradient is rounded."""
     call = _call(x, w, target, bias, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
@@ -201,7 +203,11 @@ def _bwd(x: Tensor, w: Tensor, target: Tensor, bias: Tensor | None, weight: Tens
     return tuple(g if g is not None else _absent(x) for g in grads)
 
 
-@_bwd.register_fake
+_bwd_op = torch.library.custom_op("fusedce::linear_cross_entropy_bwd", mutates_args=())(_bwd_impl)
+_bwd = op_call(_bwd_op, _bwd_impl)
+
+
+@_bwd_op.register_fake
 def _(x, w, target, bias, weight, grad_loss, ignore_index, reduction, label_smoothing, z_loss, softcap,
       chunk_size, grad_filter, num_items, need):
     shapes = (x.shape, w.shape, w.shape[:1] if bias is not None else (0,))
@@ -242,7 +248,8 @@ def _backward(ctx, grad_loss, *_):
     return gx, gw, None, gb, None, None, None, None, None, None, None, None, None, None, None
 
 
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_fwd = autograd_op_call(_fwd_op, _fwd_impl, _setup_context, _backward)
 
 
 # --------------------------------------------------------------------------- public API
