@@ -394,7 +394,8 @@ static void ce_chunks_stats_grad(const ce_job *J, int64_t r, int64_t next_r, cha
     p->pending = 0;
 }
 
-/* What a row's two halves share: its target, read before pass 1 (and before any store). */
+/* What a row's steps share (ce_row_begin, ce_row_pass1, ce_row_end): its target, and the
+ * target's logit (ce_row_target_y). */
 typedef struct ce_row_head {
     int64_t t;       /* the row's class target (0 for probability targets) */
     int64_t tl;      /* its element in the logits' row, or -1 (see ce_row_begin) */
@@ -646,7 +647,8 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     const int64_t pipeline_bytes = J.exp_in_place ? 2 * K * (int64_t)J.es : 2 * K * (int64_t)(J.es + 2 * J.wes);
     J.pipeline = !split && J.keep_exp && !a->target_probs && J.k->stats_grad && !a->lse_in &&
                  pipeline_bytes <= ce_l2_bytes();
-    /* per thread: exponentials and chunk statistics, twice with the pipeline */
+    /* per thread: exponentials and chunk statistics, twice with the pipeline; without a
+     * gradient, CE_ROW_BLOCK rows' chunk statistics (ce_rows_forward) */
     const size_t stats_rows = split ? 0 : a->grad ? 1 : CE_ROW_BLOCK; /* rows of chunk statistics kept */
     J.scratch_bytes = (J.exp_bytes + stats_rows * (size_t)J.chunks * sizeof(ce_stats) + 63) / 64 * 64;
     if (J.scratch_bytes == 0) J.scratch_bytes = 64; /* split in place: none needed, but not a NULL */
