@@ -377,6 +377,28 @@ def test_torch_compile_without_grad():
         torch.testing.assert_close(compiled(x, target), ft.cross_entropy(x * 2, target, weight.float()))
 
 
+def test_tracers_record_the_custom_ops():
+    """make_fx (a dispatch mode, not torch.compile) records each custom op, not its result as a
+    constant: eager calls skip the op (fusedce/torch/_eager.py) only when nothing traces them.
+    The traced graph, run on other inputs, gives what the function gives."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gen = torch.Generator().manual_seed(7)
+    t = torch.randint(0, 10, (8,), generator=gen)
+    q = torch.rand(8, 10, generator=gen)
+    w = torch.randn(10, 16, generator=gen)
+    cases = {
+        "fusedce.cross_entropy_fwd": (lambda x: ft.cross_entropy(x, t), (8, 10)),
+        "fusedce.bce_with_logits_fwd": (lambda x: ft.binary_cross_entropy_with_logits(x, q), (8, 10)),
+        "fusedce.linear_cross_entropy_fwd": (lambda h: ft.linear_cross_entropy(h, w, t), (8, 16)),
+    }
+    for op, (fn, shape) in cases.items():
+        graph = make_fx(fn)(torch.randn(shape, generator=gen))
+        assert op in graph.code, f"{op} is not in the traced graph:\n{graph.code}"
+        other = torch.randn(shape, generator=gen)
+        torch.testing.assert_close(graph(other), fn(other))
+
+
 # --------------------------------------------------------------------------- CUDA (a GPU only)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

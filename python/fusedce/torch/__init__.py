@@ -42,8 +42,8 @@ What backward keeps, and memory ("a buffer" = one logits-sized array):
 
 torch.compile: the kernels are custom ops (``fusedce::cross_entropy_fwd``/``_bwd``,
 ``fusedce::bce_with_logits_fwd``/``_bwd``; opaque to the compiler, with fake implementations
-and an autograd formula), so graphs need not break; eager calls skip the dispatcher
-(_eager.py). Double backward raises (the gradient is not itself differentiated).
+and an autograd formula), so graphs need not break; untraced eager calls skip the
+dispatcher (_eager.py). Double backward raises (the gradient is not itself differentiated).
 """
 
 from ._bce import BCEWithLogitsLoss, binary_cross_entropy_with_logits
