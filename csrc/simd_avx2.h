@@ -12,6 +12,7 @@
 #define CE_VBYTES 32
 #define CE_HAVE_STREAM 1
 #define CE_HAVE_SCALEF 0
+#define CE_EXP_TABLE_BITS 3 /* vf_pow2_table: 8 entries, one permute */
 
 /* Masks as vectors (blends and bitwise ands), per lane family. */
 #define CE_AVX2_MASKS(fam, VT, S)                                                                    \
@@ -64,6 +65,14 @@ CE_INLINE vf vf_pow2i(vf t)
 {
     const __m256i bits = _mm256_slli_epi32(_mm256_castps_si256(t), 23);
     return _mm256_castsi256_ps(_mm256_add_epi32(bits, _mm256_set1_epi32(0x3f800000)));
+}
+/* 2^(n/8) for t = 1.5*2^23 + n: the table's entry for n's low 3 bits (the permute reads only
+ * those), n's other bits added to its exponent (simd_math.h, CE_EXP2_TABLE_3). */
+CE_INLINE vf vf_pow2_table(vf t, const float *table)
+{
+    const __m256i ti = _mm256_castps_si256(t);
+    const __m256 entry = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), ti);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(entry), _mm256_slli_epi32(ti, 20)));
 }
 CE_INLINE vd vd_pow2i(vd t)
 {

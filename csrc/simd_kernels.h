@@ -9,6 +9,10 @@
  *   CE_HAVE_STREAM           1 with non-temporal stores stnt_<dtype>
  *   CE_HAVE_SCALEF           1 with v?_scalef(v, n) = v * 2^n (n integral), else v?_pow2i(t)
  *                            = 2^(t - 1.5*2^p) from t's bits (p = 23 float, 52 double)
+ *   CE_EXP_TABLE_BITS        B > 0 with vf_pow2_table(t, table) = 2^(n/2^B) for t = 1.5*2^23 + n
+ *                            (a lookup of n's low B bits in simd_math.h's table, whose bits
+ *                            already lack j << (23 - B), plus n << (23 - B)) and vf_nlt(a, b)
+ *                            = !(a < b) (true for NaN): the softmax's float exp by table; 0 without
  * and per lane family f (float lanes: f32, f16, bf16) and d (double lanes: f64):
  *   vf, mf, VF_LANES         vector, mask (a k register or a vector of all-ones lanes), lanes
  *   vf_set1(c), vf_add, vf_sub, vf_mul, vf_div

@@ -14,6 +14,7 @@
 #define CE_VBYTES 16
 #define CE_HAVE_STREAM 0
 #define CE_HAVE_SCALEF 0
+#define CE_EXP_TABLE_BITS 0 /* the softmax's exp without a table (simd_math.h) */
 
 /* One lane family fam (f, d): vector VT of CT lanes (suffix S: f32, f64), mask MT (suffix U). */
 #define CE_NEON_LANES(fam, VT, MT, CT, S, U)                                                         \

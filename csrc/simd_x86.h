@@ -35,6 +35,7 @@
     CE_INLINE MT v##fam##_gt(VT a, VT b) { return CMP(a, b, _CMP_GT_OQ); }                            \
     CE_INLINE MT v##fam##_ge(VT a, VT b) { return CMP(a, b, _CMP_GE_OQ); }                            \
     CE_INLINE MT v##fam##_neq(VT a, VT b) { return CMP(a, b, _CMP_NEQ_UQ); }                          \
+    CE_INLINE MT v##fam##_nlt(VT a, VT b) { return CMP(a, b, _CMP_NLT_UQ); }                          \
     CE_INLINE VT ld_##DT(const CT *p) { return _mm##W##_loadu_##S(p); }                               \
     CE_INLINE void st_##DT(CT *p, VT v) { _mm##W##_storeu_##S(p, v); }                                \
     CE_INLINE void stnt_##DT(CT *p, VT v) { _mm##W##_stream_##S(p, v); }

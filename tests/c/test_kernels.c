@@ -1019,7 +1019,7 @@ static void test_expn(const isa_entry *isa, int exhaustive)
     }
     printf("%-8s softmax exp f32: max %.3f ULP over [-87, 0] (at %.9g), %.3f ULP where >= 2^-24 (at %.9g)%s\n",
            isa->name, worst, (double)wx, worst_big, (double)wx_big, exhaustive ? ", every float" : "");
-    check(worst <= 5.5 && worst_big <= 3.0, "%s softmax exp max ULP %.3f / %.3f", isa->name, worst, worst_big);
+    check(worst <= 6.0 && worst_big <= 3.0, "%s softmax exp max ULP %.3f / %.3f", isa->name, worst, worst_big);
     const float sp[] = {-INFINITY, NAN, -0.0f, 0.0f, -1000.0f, 1e-7f};
     float ysp[6];
     isa->table->vexpn_f32(sp, 6, ysp);

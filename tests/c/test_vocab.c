@@ -11,6 +11,7 @@
  *     floats over the whole range narrow as those do
  *   - masks (lanes, select, maskz, mask_add, any, neq on NaN), clamp keeping NaN, copysign,
  *     lane sums in double, and the power of two (scalef or pow2i)
+ *   - the table lookup of the softmax's exp (vf_pow2_table, vf_nlt) where the ISA has one
  */
 #include <math.h>
 #include <stdint.h>
@@ -220,6 +221,34 @@ FAMILY_TEST(d, double, VD_LANES, f64, -1022, 1023, 0x1.8p52)
 HALF_TEST(f16, ce_f16_to_f32, ce_f32_to_f16)
 HALF_TEST(bf16, ce_bf16_to_f32, ce_f32_to_bf16)
 
+#if CE_EXP_TABLE_BITS
+/* The softmax exp's table lookup: with a table built here from exp2 (2^(j/2^B) to float, its
+ * bits less j << (23 - B)), vf_pow2_table gives the float nearest 2^(n/2^B) for every n whose
+ * result is normal; vf_nlt is true for NaN. */
+static void pow2_table(check_fn check)
+{
+    enum { B = CE_EXP_TABLE_BITS };
+    float table[1 << B], r[VF_LANES];
+    for (int j = 0; j < 1 << B; j++) {
+        float v = (float)exp2((double)j / (1 << B));
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        u -= (uint32_t)j << (23 - B);
+        memcpy(&table[j], &u, 4);
+    }
+    long bad = 0;
+    for (int n = -126 * (1 << B); n < 128 * (1 << B); n++) {
+        st_f32(r, vf_pow2_table(vf_set1(0x1.8p23f + (float)n), table));
+        for (int i = 0; i < VF_LANES; i++) bad += r[i] != (float)exp2((double)n / (1 << B));
+    }
+    check(bad == 0, "%s vf_pow2_table: %ld of %d powers differ", ISA, bad, (254 << B) * VF_LANES);
+    const float nan = NAN;
+    check(vf_any(vf_nlt(vf_set1(nan), vf_set1(0))) && vf_any(vf_nlt(vf_set1(1), vf_set1(0))) &&
+              !vf_any(vf_nlt(vf_set1(-1), vf_set1(0))),
+          "%s vf_nlt: not (a < b), true for NaN", ISA);
+}
+#endif
+
 void CAT(vocab_test_, VOCAB_ISA)(check_fn check)
 {
     unsigned char *fence = fence_page();
@@ -231,5 +260,8 @@ void CAT(vocab_test_, VOCAB_ISA)(check_fn check)
     family_d(check);
     halves_f16(check);
     halves_bf16(check);
+#if CE_EXP_TABLE_BITS
+    pow2_table(check);
+#endif
     munmap(fence - sysconf(_SC_PAGESIZE), (size_t)sysconf(_SC_PAGESIZE) * 2);
 }
