@@ -121,9 +121,9 @@ CE_INLINE V CE_M(ce_exp)(V x)
  * exp(x) = 2^(n/2^B) * e^r, 2^(n/2^B) from a table of 2^B entries and n's high bits added to
  * its exponent, e^r a degree-3 polynomial on |r| <= ln2/2^(B+1): 6 of the FMA unit's
  * operations a vector against 9 for the polynomial with scalef (one core's pass 1 in cache,
- * Zen 5: 11-13 % faster on AVX-512, 7 % on AVX2). Results below 2^-126 (x < -87.34) are 0
- * (a mask, which also gives exp(-inf) = 0 and keeps NaN); ce_expn overflows to inf from 88.70
- * on. Measured max error, every float in [-87, 0] (tests/c/test_kernels.c with
+ * Zen 5, K = 32000: AVX-512 7.1-8.1 -> 9.8-9.9 G el/s, AVX2 4.1-4.4 -> 5.0-5.2). Results below
+ * 2^-126 (x < -87.34) are 0 (a mask, which also gives exp(-inf) = 0 and keeps NaN); ce_expn
+ * overflows to inf from 88.69 (AVX2) or 88.70 (AVX-512) on. Measured max error, every float in [-87, 0] (tests/c/test_kernels.c with
  * FUSEDCE_TEST_EXHAUSTIVE=1): AVX-512 5.23 ULP, AVX2 5.59, at the deep end where the
  * reduction's error grows with |n|; where results are 2^-24 and more (x >= -16.6, all a sum
  * or a probability can tell from 0 against the row's largest term, 1), 2.19 and 2.56 ULP.
