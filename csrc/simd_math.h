@@ -123,16 +123,17 @@ CE_INLINE V CE_M(ce_exp)(V x)
  * operations a vector against 9 for the polynomial with scalef (one core's pass 1 in cache,
  * Zen 5, K = 32000: AVX-512 7.1-8.1 -> 9.8-9.9 G el/s, AVX2 4.1-4.4 -> 5.0-5.2). Results below
  * 2^-126 (x < -87.34) are 0 (a mask, which also gives exp(-inf) = 0 and keeps NaN); ce_expn
- * overflows to inf from 88.69 (AVX2) or 88.70 (AVX-512) on. Measured max error, every float in [-87, 0] (tests/c/test_kernels.c with
- * FUSEDCE_TEST_EXHAUSTIVE=1): AVX-512 5.23 ULP, AVX2 5.59, at the deep end where the
- * reduction's error grows with |n|; where results are 2^-24 and more (x >= -16.6, all a sum
- * or a probability can tell from 0 against the row's largest term, 1), 2.19 and 2.56 ULP.
+ * overflows to inf from 88.69 (AVX2) or 88.70 (AVX-512) on. Measured max error, every float
+ * in [-87, 0] (tests/c/test_kernels.c with FUSEDCE_TEST_EXHAUSTIVE=1): AVX-512 5.23 ULP, AVX2
+ * 5.59, at the deep end where the reduction's error grows with |n|; where results are 2^-24
+ * and more (x >= -16.6, all a sum or a probability can tell from 0 against the row's largest
+ * term, 1), 2.19 and 2.56 ULP.
  *
  * Else (NEON) a degree-5 polynomial on |r| <= ln2/2 (3 coefficients fitted, relative error
- * 1.05e-7): 4.93 ULP at worst, 2.51 where results are 2^-24 and more; 2^n is scalef where the
- * ISA has it (subnormal results, 0 below -103.97), else the bits of t, which flush results
- * below 2^-126 to 0 (x < -87.34) and overflow to inf from 88.38 on. exp(-inf) = 0, NaN stays
- * NaN. The loss and gradient bounds hold either way (tests/tolerances.py).
+ * 1.05e-7): 4.93 ULP at worst, 2.51 where results are 2^-24 and more; 2^n from the bits of t,
+ * which flush results below 2^-126 to 0 (x < -87.34) and overflow to inf from 88.38 on.
+ * exp(-inf) = 0, NaN stays NaN. The loss and gradient bounds hold either way
+ * (tests/tolerances.py).
  * ce_expn_nonpos: for callers that know x <= 0 (or NaN), as pass 1 relative to its chunk's max;
  * it leaves out the upper clamp and changes no result. */
 CE_INLINE V CE_M(ce_expn_impl)(V x, const int nonpos)
@@ -152,23 +153,15 @@ CE_INLINE V CE_M(ce_expn_impl)(V x, const int nonpos)
 #undef CE_TB
 #elif CE_K(CE_EXPN_CHEAP)
     const V shifter = VOP(set1)(CE_K(CE_SHIFTER));
-#if CE_HAVE_SCALEF
-    const CT lo = CE_K(CE_EXP_LO), hi = CE_K(CE_EXP_HI);
-#else
     /* n in [-127, 128]: 2^-127 has the bits of 0, 2^128 those of inf */
     const CT lo = (CT)-88.0, hi = (CT)88.7;
-#endif
     x = nonpos ? VOP(max)(VOP(set1)(lo), x) : VOP(clamp)(x, lo, hi); /* NaN stays NaN */
     const V t = VOP(fma)(x, VOP(set1)(CE_K(CE_LOG2E)), shifter);
     const V n = VOP(sub)(t, shifter);
     const V r = VOP(fnma)(n, VOP(set1)(CE_K(CE_LN2_HI)), x);
     const V one = VOP(set1)(1);
     const V er = VOP(fma)(VOP(fma)(CE_POLY(r, CE_K(CE_EXPN_Q)), r, one), r, one);
-#if CE_HAVE_SCALEF
-    return VOP(scalef)(er, n);
-#else
     return VOP(mul)(er, VOP(pow2i)(t));
-#endif
 #else
     (void)nonpos;
     return CE_M(ce_exp)(x);
