@@ -107,6 +107,8 @@ typedef struct ce_job {
     int exp_in_place;            /* kept in the row itself, which the gradient overwrites */
     int row_ahead;               /* pass 1 prefetches the next row (it fits in L2 beside this) */
     int pipeline;                /* whole rows: pass 2 of a row during pass 1 of the next */
+    int ahead;                   /* rows of one chunk: each row's max taken during the previous
+                                    row's pass 1 (ce_row_stats_ahead) */
     /* Vocabulary shards (fusedce.h, class_offset/total_classes): the logits are the classes
      * [offset, offset + classes) of a row of K classes. Whole rows: offset 0, K = classes. */
     int shard;
@@ -358,13 +360,37 @@ typedef struct ce_pending {
     int pending;
 } ce_pending;
 
+/* The pending row's gradient is written: its target element last. */
+static void ce_pending_done(const ce_job *J, ce_pending *p)
+{
+    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
+    p->pending = 0;
+}
+
 /* Row p->r's gradient on its own (the thread's last row, or before a row without pass 1). */
 static void ce_pending_flush(const ce_job *J, ce_pending *p)
 {
     if (!p->pending) return;
     ce_chunks_grad(J, p->r, -1, 0, J->chunks, p->e, p->st, p->t, &p->T);
-    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
-    p->pending = 0;
+    ce_pending_done(J, p);
+}
+
+/* Chunk c of the pending row's gradient, to be written alongside a pass 1 (kernels.h). */
+static ce_grad_along ce_pending_along(const ce_job *J, const ce_pending *p, int64_t c)
+{
+    const fusedce_ce_args *a = J->a;
+    const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
+    const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
+    /* ordinary stores over the line of the pending row's target, which it rewrites */
+    int64_t plo = 0, phi = 0;
+    if (J->stream && p->t >= lo && p->t < hi) {
+        plo = p->t - lo - (int64_t)(((uintptr_t)a->grad + ce_offset(J, p->r, p->t)) & 63) / (int64_t)J->es;
+        phi = plo + 64 / (int64_t)J->es;
+    }
+    const ce_grad_along along = {p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
+                                 p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, plo, phi,
+                                 (char *)a->grad + ce_offset(J, p->r, lo)};
+    return along;
 }
 
 /* Pass 1 over all chunks of row r with the pending row's pass 2 alongside, chunk by chunk. */
@@ -378,20 +404,36 @@ static void ce_chunks_stats_grad(const ce_job *J, int64_t r, int64_t next_r, cha
         const char *next = J->row_ahead && next_r >= 0 ? (const char *)a->logits + ce_offset(J, next_r, lo)
                            : c + 1 < J->chunks        ? x + (size_t)(hi - lo) * J->es
                                                       : NULL;
-        const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
-        char *g = (char *)a->grad + ce_offset(J, p->r, lo);
-        /* ordinary stores over the line of the pending row's target, which it rewrites */
-        int64_t plo = 0, phi = 0;
-        if (J->stream && p->t >= lo && p->t < hi) {
-            plo = p->t - lo - (int64_t)(((uintptr_t)a->grad + ce_offset(J, p->r, p->t)) & 63) / (int64_t)J->es;
-            phi = plo + 64 / (int64_t)J->es;
-        }
-        J->k->stats_grad(x, hi - lo, next, ce_weight_from(J, lo), want_wsum, e + (size_t)lo * J->wes, &st[c],
-                         p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
-                         p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, plo, phi, g);
+        const ce_grad_along along = ce_pending_along(J, p, c);
+        J->k->stats_grad(x, hi - lo, next, ce_weight_from(J, lo), want_wsum, e + (size_t)lo * J->wes, &st[c], &along);
     }
-    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
-    p->pending = 0;
+    ce_pending_done(J, p);
+}
+
+/* A thread's run of rows [.., end) with J->ahead: the max of the row after the one in pass 1
+ * is taken during that pass, so that each row is read from memory once (its max is pass A
+ * of ce_stats_fn, a pass of its own otherwise). Forward 65536x1024 float32, 2 threads, Zen 5,
+ * alternated calls: 14-17 % faster; rows of 16 KB and more: no change (docs/performance.md). */
+typedef struct ce_ahead {
+    int64_t row; /* the row whose max is known, or -1 */
+    double max;
+    int64_t end;
+} ce_ahead;
+
+/* Pass 1 of row r, of one chunk of K classes at x (rows row_bytes apart), without its
+ * exponentials: its max from the previous row's pass (else taken alone), the next row's max
+ * taken alongside. Row r + 2 is prefetched. */
+static void ce_row_stats_ahead(const ce_kernels *k, const char *x, int64_t K, size_t row_bytes, int64_t r,
+                               ce_stats *st, ce_ahead *ah)
+{
+    if (ah->row != r) k->stats_ahead(NULL, K, 0.0, x, NULL, NULL, &ah->max);
+    /* the thread's last row takes its own max again (from cache), and nothing is kept of it */
+    const char *ahead = r + 1 < ah->end ? x + row_bytes : x;
+    const char *next = r + 2 < ah->end ? x + 2 * row_bytes : NULL;
+    double ahead_max;
+    k->stats_ahead(x, K, ah->max, ahead, next, st, &ahead_max);
+    ah->row = r + 1 < ah->end ? r + 1 : -1;
+    ah->max = ahead_max;
 }
 
 /* What a row's steps share (ce_row_begin, ce_row_pass1, ce_row_end): its target, and the
@@ -432,13 +474,16 @@ static void ce_row_target_y(const ce_job *J, ce_row_head *h, int64_t r)
 }
 
 /* Pass 1 of row r over chunks [c0, c1), with the pending row's pass 2 alongside where there
- * is one (else that row's gradient is written first). In place, the exponentials go over the
- * logits they are taken from. */
+ * is one (else that row's gradient is written first); ah: the thread's rows with J->ahead,
+ * else NULL. In place, the exponentials go over the logits they are taken from. */
 static char *ce_row_pass1(const ce_job *J, const ce_row_head *h, int64_t r, int64_t next_r, int64_t c0, int64_t c1,
-                          char *e, ce_stats *st, ce_pending *pend)
+                          char *e, ce_stats *st, ce_pending *pend, ce_ahead *ah)
 {
     if (J->exp_in_place) e = (char *)J->a->grad + ce_offset(J, r, ce_chunk_lo(c0));
-    if (pend && pend->pending && h->need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
+    if (ah && h->need_stats)
+        ce_row_stats_ahead(J->k, (const char *)J->a->logits + ce_offset(J, r, 0), J->a->classes, ce_offset(J, 1, 0),
+                           r, st, ah);
+    else if (pend && pend->pending && h->need_stats) ce_chunks_stats_grad(J, r, next_r, e, st, pend);
     else {
         if (pend) ce_pending_flush(J, pend);
         if (h->need_stats) ce_chunks_stats(J, r, next_r, c0, c1, e, st);
@@ -489,7 +534,7 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
 {
     ce_row_head h = ce_row_begin(J, r, c0, c1, first);
     ce_row_target_y(J, &h, r);
-    e = ce_row_pass1(J, &h, r, next_r, c0, c1, e, st, pend);
+    e = ce_row_pass1(J, &h, r, next_r, c0, c1, e, st, pend, NULL);
 #ifdef _OPENMP
     /* One barrier per split row, stats or not, keeps the parity double-buffering safe. */
     if (split) {
@@ -510,12 +555,14 @@ static void ce_row_chunks(const ce_job *J, int64_t r, int64_t next_r, int64_t c0
 static void ce_rows_forward(const ce_job *J, int64_t r0, int64_t r1, char *e, ce_stats *st)
 {
     ce_row_head h[CE_ROW_BLOCK];
+    ce_ahead ah = {-1, 0.0, r1};
     for (int64_t rb = r0; rb < r1; rb += CE_ROW_BLOCK) {
         const int64_t n = r1 - rb < CE_ROW_BLOCK ? r1 - rb : CE_ROW_BLOCK;
         for (int64_t i = 0; i < n; i++) {
             const int64_t r = rb + i;
             h[i] = ce_row_begin(J, r, 0, J->chunks, 1);
-            ce_row_pass1(J, &h[i], r, r + 1 < r1 ? r + 1 : -1, 0, J->chunks, e, st + i * J->chunks, NULL);
+            ce_row_pass1(J, &h[i], r, r + 1 < r1 ? r + 1 : -1, 0, J->chunks, e, st + i * J->chunks, NULL,
+                         J->ahead ? &ah : NULL);
         }
         for (int64_t i = 0; i < n; i++) {
             ce_row_target_y(J, &h[i], rb + i);
@@ -647,6 +694,11 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     const int64_t pipeline_bytes = J.exp_in_place ? 2 * K * (int64_t)J.es : 2 * K * (int64_t)(J.es + 2 * J.wes);
     J.pipeline = !split && J.keep_exp && !a->target_probs && J.k->stats_grad && !a->lse_in &&
                  pipeline_bytes <= ce_l2_bytes();
+    /* The forward reads each row once where rows are one chunk and their pass 1 is the plain
+     * one (no softcap, probability targets or smoothed loss). Not with a gradient: its stores
+     * then compete with the loads of the row ahead (see stats_along in simd_rows.h). */
+    J.ahead = J.k->stats_ahead && !a->grad && !split && J.chunks == 1 && J.row_ahead && !(a->softcap > 0) &&
+              !a->target_probs && !(a->loss && a->label_smoothing > 0);
     /* per thread: exponentials and chunk statistics, twice with the pipeline; without a
      * gradient, CE_ROW_BLOCK rows' chunk statistics (ce_rows_forward) */
     const size_t stats_rows = split ? 0 : a->grad ? 1 : CE_ROW_BLOCK; /* rows of chunk statistics kept */
@@ -700,18 +752,23 @@ int fusedce_ce_f64(const fusedce_ce_args *a) { return ce_run(FUSEDCE_F64, a); }
 int fusedce_ce_f16(const fusedce_ce_args *a) { return ce_run(FUSEDCE_F16, a); }
 int fusedce_ce_bf16(const fusedce_ce_args *a) { return ce_run(FUSEDCE_BF16, a); }
 
-/* One row of the softmax family from its chunks, as the cross-entropy's (e, st: scratch for
- * the row's exponentials and chunk statistics); next: the row read after this one, or NULL. */
-static void ce_softmax_row(const ce_kernels *k, int dtype, int mode, const char *x, const char *next, int64_t K,
-                           char *o, double *lse_out, char *e, ce_stats *st)
+/* Row r (at x) of the softmax family from its chunks, as the cross-entropy's (e, st: scratch
+ * for the row's exponentials, which only the softmax keeps, and its chunk statistics); next:
+ * the row read after this one, or NULL; ah: the thread's rows where they are one chunk and
+ * the mode keeps no exponentials (ce_row_stats_ahead), else NULL. */
+static void ce_softmax_row(const ce_kernels *k, int dtype, int mode, int64_t r, const char *x, const char *next,
+                           int64_t K, char *o, double *lse_out, char *e, ce_stats *st, ce_ahead *ah)
 {
     const size_t es = ce_elsize(dtype), wes = ce_compute_size(dtype);
     const int64_t chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
-    for (int64_t c = 0; c < chunks; c++) {
-        const int64_t lo = c * CE_CHUNK, n = c + 1 < chunks ? CE_CHUNK : K - lo;
-        const char *pf = c + 1 < chunks ? x + (size_t)(lo + n) * es : next;
-        k->stats(x + (size_t)lo * es, n, pf, 0.0, NULL, 0, e + (size_t)lo * wes, &st[c]);
-    }
+    if (ah) ce_row_stats_ahead(k, x, K, (size_t)K * es, r, st, ah);
+    else
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t lo = c * CE_CHUNK, n = c + 1 < chunks ? CE_CHUNK : K - lo;
+            const char *pf = c + 1 < chunks ? x + (size_t)(lo + n) * es : next;
+            k->stats(x + (size_t)lo * es, n, pf, 0.0, NULL, 0, mode == FUSEDCE_SOFTMAX ? e + (size_t)lo * wes : NULL,
+                     &st[c]);
+        }
     ce_stats row;
     ce_merge_chunks(st, chunks, &row);
     const double log_s = log(row.sum), lse = row.max + log_s;
@@ -748,11 +805,13 @@ int fusedce_softmax(int dtype, int mode, int64_t rows, int64_t classes, const vo
         char *e = scratch + (size_t)ce_team(&team) * scratch_bytes;
         int64_t r0, r1;
         ce_thread_rows(rows, &r0, &r1);
+        ce_ahead ah = {-1, 0.0, r1};
+        const int ahead = k->stats_ahead && chunks == 1 && mode != FUSEDCE_SOFTMAX;
         for (int64_t r = r0; r < r1; r++)
-            ce_softmax_row(k, dtype, mode, (const char *)x + (size_t)r * row_bytes,
+            ce_softmax_row(k, dtype, mode, r, (const char *)x + (size_t)r * row_bytes,
                            r + 1 < r1 ? (const char *)x + (size_t)(r + 1) * row_bytes : NULL, classes,
                            out ? (char *)out + (size_t)r * row_bytes : NULL, lse_out ? lse_out + r : NULL, e,
-                           (ce_stats *)(e + exp_bytes));
+                           (ce_stats *)(e + exp_bytes), ahead ? &ah : NULL);
     }
     free(scratch);
     return FUSEDCE_OK;

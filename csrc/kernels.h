@@ -80,16 +80,31 @@ typedef void (*ce_grad_exp_fn)(const void *e, const void *q, int64_t n, const vo
                                const void *weight, double a, double bq, double b0, int stream,
                                void *g);
 
-/* Pass 1 over x[0..n) as ce_stats_fn (no softcap; e given), and meanwhile pass 2 of an
- * earlier row's chunk of the same n classes from its kept exponentials pe: g_j = a*pe_j -
- * gw_j*b0 (gw NULL: 1), streamed when `stream` but over [plo, phi) (ordinary stores: the line
- * its caller rewrites an element of). The two interleave, so that the gradient's stores drain
- * while the exps compute; the results are those of ce_stats_fn and ce_grad_exp_fn, bit for
- * bit. */
+/* An earlier row's chunk of gradient of the same n classes, written alongside a pass 1
+ * (ce_stats_grad_fn, ce_stats_ahead_fn) from its kept exponentials pe: g_j = a*pe_j - w_j*b0
+ * (w NULL: 1), streamed when `stream` but over [plo, phi) (ordinary stores: the line its
+ * caller rewrites an element of). */
+typedef struct ce_grad_along {
+    const void *pe, *w;
+    double a, b0;
+    int stream;
+    int64_t plo, phi;
+    void *g;
+} ce_grad_along;
+
+/* Pass 1 over x[0..n) as ce_stats_fn (no softcap; e given), and meanwhile the gradient
+ * `along`. The two interleave, so that the gradient's stores drain while the exps compute;
+ * the results are those of ce_stats_fn and ce_grad_exp_fn, bit for bit. */
 typedef void (*ce_stats_grad_fn)(const void *x, int64_t n, const void *next, const void *weight,
-                                 int want_wsum, void *e, ce_stats *out, const void *pe,
-                                 const void *gw, double a, double b0, int stream, int64_t plo,
-                                 int64_t phi, void *g);
+                                 int want_wsum, void *e, ce_stats *out, const ce_grad_along *along);
+
+/* Pass 1 of the forward's rows of one chunk each (no softcap, no weighted sums, nothing kept),
+ * one pass over memory per row: x[0..n)'s max is known (`max`, taken by the previous call), and
+ * the pass over its exponentials takes the max of ahead[0..n) (the next row's) into *ahead_max
+ * meanwhile; `next` (the row after ahead) is prefetched. x NULL: only the max of ahead. The
+ * max and sum are those of ce_stats_fn, bit for bit. */
+typedef void (*ce_stats_ahead_fn)(const void *x, int64_t n, double max, const void *ahead, const void *next,
+                                  ce_stats *out, double *ahead_max);
 
 /* Binary cross-entropy with logits over n elements, targets t of the storage type:
  *   l_j = w_j [(1 - t_j) softplus(x_j) + pw_j t_j softplus(-x_j)]   (softplus(x) = log(1 + e^x))
@@ -111,6 +126,7 @@ typedef struct ce_kernels {
     bce_fn bce;
     ce_grad_exp_fn grad_exp;
     ce_stats_grad_fn stats_grad; /* NULL: the driver runs the passes one after the other */
+    ce_stats_ahead_fn stats_ahead; /* NULL: each row takes its own max */
 } ce_kernels;
 
 /* One ISA: kernels indexed by FUSEDCE_F32, F64, F16, BF16. */

@@ -154,7 +154,8 @@ static void CE_CAT(roof_copy_, CE_ISA)(const void *src, void *dst, int64_t bytes
         CE_CAT3(ce_stats_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(ce_grad_, dt, CE_CAT(_, CE_ISA)),        \
             CE_CAT3(ce_shift_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(ce_stats_soft_, dt, CE_CAT(_, CE_ISA)), \
             CE_CAT3(ce_grad_soft_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(bce_, dt, CE_CAT(_, CE_ISA)),     \
-        CE_CAT3(ce_grad_exp_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(ce_stats_grad_, dt, CE_CAT(_, CE_ISA)) \
+        CE_CAT3(ce_grad_exp_, dt, CE_CAT(_, CE_ISA)), CE_CAT3(ce_stats_grad_, dt, CE_CAT(_, CE_ISA)), \
+        CE_CAT3(ce_stats_ahead_, dt, CE_CAT(_, CE_ISA))                                            \
     }
 const ce_isa_table CE_CAT(ce_table_, CE_ISA) = {
     CE_ISA_ID,

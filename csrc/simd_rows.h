@@ -13,46 +13,56 @@ CE_INLINE V CE_FN(capped_y)(V x, V cap, V inv_cap, const int capped)
     return capped ? VOP(mul)(cap, VTANH(VOP(mul)(x, inv_cap))) : x;
 }
 
+/* The max of four chains of lane maxima: one order of reduction for every pass that takes a
+ * max (stats_max, stats_exp's ahead), so that they agree to the bit (even on -0 against +0). */
+CE_INLINE CT CE_FN(max_of)(const V m[4]) { return VOP(hmax)(VOP(max)(VOP(max)(m[0], m[1]), VOP(max)(m[2], m[3]))); }
+
 /* Pass A: the max of y over x[0..n), NaNs skipped (y stored in e when capped, so that pass B
  * does not take the tanh again). Four chains of max hide its latency; the loads come from
  * memory, so this pass sets the pace of the stream. */
 CE_INLINE CT CE_FN(stats_max)(const T *x, int64_t n, CT *e, V cap, V inv_cap, const int capped)
 {
     const V neg_inf = VOP(set1)((CT)-INFINITY);
-    V m0 = neg_inf, m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
+    V acc[4] = {neg_inf, neg_inf, neg_inf, neg_inf};
     int64_t j = 0;
-#define CE_MAX_AT(acc, k)                                                                              \
+#define CE_MAX_AT(i, k)                                                                                \
     do {                                                                                               \
         const V y = CE_FN(capped_y)(LD(x + j + (k)), cap, inv_cap, capped);                            \
         if (capped) STC(e + j + (k), y);                                                               \
-        acc = VOP(max)(y, acc);                                                                        \
+        acc[i] = VOP(max)(y, acc[i]);                                                                  \
     } while (0)
     for (; j + 4 * VN <= n; j += 4 * VN) {
-        CE_MAX_AT(m0, 0);
-        CE_MAX_AT(m1, VN);
-        CE_MAX_AT(m2, 2 * VN);
-        CE_MAX_AT(m3, 3 * VN);
+        CE_MAX_AT(0, 0);
+        CE_MAX_AT(1, VN);
+        CE_MAX_AT(2, 2 * VN);
+        CE_MAX_AT(3, 3 * VN);
     }
-    for (; j + VN <= n; j += VN) CE_MAX_AT(m0, 0);
+    for (; j + VN <= n; j += VN) CE_MAX_AT(0, 0);
 #undef CE_MAX_AT
     if (j < n) {
         const int m = (int)(n - j);
         const V y = CE_FN(capped_y)(LDP(x + j, m), cap, inv_cap, capped);
         if (capped) STCP(e + j, m, y);
-        m1 = VOP(max)(VOP(select)(VOP(lanes)(m), y, neg_inf), m1);
+        acc[1] = VOP(max)(VOP(select)(VOP(lanes)(m), y, neg_inf), acc[1]);
     }
-    return VOP(hmax)(VOP(max)(VOP(max)(m0, m1), VOP(max)(m2, m3)));
+    return CE_FN(max_of)(acc);
 }
 
-/* An earlier row's chunk of gradient, written alongside pass B (ce_stats_grad) so that its
- * stores drain while the exps compute: g_j = a*pe_j - w_j*b0 from that row's kept
- * exponentials pe; streamed (when stream) but over [plo, phi), the line of its target. */
+/* The gradient `along` (kernels.h) of n elements, written alongside pass B so that its stores
+ * drain while the exps compute; j: how far it is. */
 typedef struct {
     const CT *pe, *w;
     T *g;
     int64_t n, j, plo, phi;
     V a, b0;
 } CE_FN(writer);
+
+CE_INLINE CE_FN(writer) CE_FN(writer_of)(const ce_grad_along *al, int64_t n)
+{
+    const CE_FN(writer) wr = {(const CT *)al->pe, (const CT *)al->w, (T *)al->g, n, 0, al->plo, al->phi,
+                              VOP(set1)((CT)al->a), VOP(set1)((CT)al->b0)};
+    return wr;
+}
 
 /* The writer's next m elements (a whole vector when m == VN). */
 CE_INLINE void CE_FN(write_vec)(CE_FN(writer) *wr, int m, const int weighted, const int stream)
@@ -76,10 +86,12 @@ CE_INLINE void CE_FN(write_vec)(CE_FN(writer) *wr, int m, const int weighted, co
 /* Pass B: e_j = exp(y_j - ref) stored, and their sum: float sums of at most CE_BLOCK / VN terms
  * per lane, four chains, added in double per block. y comes back from cache (x, or e when
  * capped). It prefetches pf, what the caller reads next (into L1 if small, else L2): otherwise
- * the memory stream would idle while this pass computes. */
+ * the memory stream would idle while this pass computes. With ahead_on, the max of ahead[0..n)
+ * is taken meanwhile into the four chains am, grouped as stats_max groups them (CE_BLOCK is a
+ * multiple of 4 * VN, so the vectors of four and the single ones fall on the same j). */
 CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T *pf, const int capped,
                                   const int keep, CE_FN(writer) *wr, const int writing, const int weighted,
-                                  const int stream)
+                                  const int stream, const T *ahead, V am[4], const int ahead_on)
 {
     const int near = n * (int64_t)sizeof(T) <= 8192; /* a small next chunk fits L1 */
     const V vref = VOP(set1)(ref);
@@ -91,6 +103,10 @@ CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T 
         if (keep) STC(e + j + (k), v);                                                                 \
         acc = VOP(add)(acc, v);                                                                        \
     } while (0)
+#define CE_AHEAD_AT(i, k)                                                                              \
+    do {                                                                                               \
+        if (ahead_on) am[i] = VOP(max)(LD(ahead + j + (k)), am[i]);                                    \
+    } while (0)
     for (int64_t i0 = 0; i0 < n; i0 += CE_BLOCK) {
         const int64_t i1 = n - i0 < CE_BLOCK ? n : i0 + CE_BLOCK;
         V s0 = VOP(set1)(0), s1 = s0, s2 = s0, s3 = s0;
@@ -99,21 +115,31 @@ CE_INLINE double CE_FN(stats_exp)(const T *x, int64_t n, CT ref, CT *e, const T 
             if (near) CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 3);
             else CE_PREFETCH(pf + j, 4 * VN * sizeof(T), 2);
             CE_EXP_AT(s0, 0);
+            CE_AHEAD_AT(0, 0);
             CE_EXP_AT(s1, VN);
+            CE_AHEAD_AT(1, VN);
             CE_EXP_AT(s2, 2 * VN);
+            CE_AHEAD_AT(2, 2 * VN);
             CE_EXP_AT(s3, 3 * VN);
+            CE_AHEAD_AT(3, 3 * VN);
             if (writing)
                 for (int k = 0; k < 4 && wr->j + VN <= wr->n; k++) CE_FN(write_vec)(wr, VN, weighted, stream);
         }
-        for (; j + VN <= i1; j += VN) CE_EXP_AT(s0, 0);
+        for (; j + VN <= i1; j += VN) {
+            CE_EXP_AT(s0, 0);
+            CE_AHEAD_AT(0, 0);
+        }
         if (j < i1) {
             const int m = (int)(i1 - j);
             const V v = VEXPN_NONPOS(VOP(sub)(capped ? LDCP(e + j, m) : LDP(x + j, m), vref));
             if (keep) STCP(e + j, m, v);
             s1 = VOP(mask_add)(s1, VOP(lanes)(m), v);
+            if (ahead_on)
+                am[1] = VOP(max)(VOP(select)(VOP(lanes)(m), LDP(ahead + j, m), VOP(set1)((CT)-INFINITY)), am[1]);
         }
         total += VOP(hsum_d)(VOP(add)(VOP(add)(s0, s1), VOP(add)(s2, s3)));
     }
+#undef CE_AHEAD_AT
 #undef CE_EXP_AT
 #undef CE_Y
     return total;
@@ -129,7 +155,8 @@ CE_INLINE void CE_FN(stats_impl)(const T *x, int64_t n, const T *next, double so
     const CT m = CE_FN(stats_max)(x, n, e, cap, inv_cap, capped);
     /* an all -inf (and NaN) chunk: exponentials of 0 and NaN, relative to 0 */
     out->max = m;
-    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, capped, keep, NULL, 0, 0, 0);
+    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, capped, keep, NULL, 0, 0, 0,
+                                NULL, NULL, 0);
 }
 
 static void CE_FN(factor_sums)(const T *x, const T *q, int64_t n, double softcap, const CT *w, double ref,
@@ -148,34 +175,42 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *nextv, double
                            &out->wsum);
 }
 
-/* ce_stats (no softcap, exponentials kept) with an earlier row's chunk of gradient written
- * alongside (kernels.h). */
-CE_INLINE void CE_FN(stats_grad_impl)(const T *x, int64_t n, const T *next, CT *e, ce_stats *out,
-                                      CE_FN(writer) *wr, const int weighted, const int stream)
+/* Pass 1 of an uncapped x[0..n): its max (known: has_max, else pass A), then pass B keeping
+ * the exponentials in e (keep), with meanwhile either the max of ahead[0..n) into *ahead_max
+ * (ahead_on: the forward's ce_stats_ahead) or an earlier row's gradient through wr (writing:
+ * ce_stats_grad). Both at once measured slower than the fused pass with its max apart, where
+ * memory is the limit (65536x1024 float32, Zen 5, alternated calls: up to 18 % slower on 2
+ * threads, 26-39 % on one): the loads of the row ahead then stall the exps behind them. */
+CE_INLINE void CE_FN(stats_along)(const T *x, int64_t n, CT max, const int has_max, const T *ahead, CT *ahead_max,
+                                  const int ahead_on, const T *next, CT *e, const int keep, ce_stats *out,
+                                  CE_FN(writer) *wr, const int writing, const int weighted, const int stream)
 {
-    const V zero = VOP(set1)(0);
-    if (stream) { /* ordinary stores up to a 64-byte boundary of g */
+    const V zero = VOP(set1)(0), neg_inf = VOP(set1)((CT)-INFINITY);
+    if (writing && stream) { /* ordinary stores up to a 64-byte boundary of g */
         int64_t head = (int64_t)((64 - ((uintptr_t)wr->g & 63)) & 63) / (int64_t)sizeof(T);
         if (head > n) head = n;
         while (wr->j < head) CE_FN(write_vec)(wr, head - wr->j < VN ? (int)(head - wr->j) : VN, weighted, 0);
     }
-    const CT m = CE_FN(stats_max)(x, n, e, zero, zero, 0);
+    const CT m = has_max ? max : CE_FN(stats_max)(x, n, e, zero, zero, 0);
+    V am[4] = {neg_inf, neg_inf, neg_inf, neg_inf};
     out->max = m;
-    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, 0, 1, wr, 1, weighted,
-                                stream);
-    while (wr->j < n) CE_FN(write_vec)(wr, n - wr->j < VN ? (int)(n - wr->j) : VN, weighted, stream);
+    out->sum = CE_FN(stats_exp)(x, n, m == (CT)-INFINITY ? (CT)0 : m, e, next ? next : x, 0, keep, wr, writing,
+                                weighted, stream, ahead, am, ahead_on);
+    if (ahead_on) *ahead_max = CE_FN(max_of)(am);
+    if (writing)
+        while (wr->j < n) CE_FN(write_vec)(wr, n - wr->j < VN ? (int)(n - wr->j) : VN, weighted, stream);
 }
 
 static void CE_FN(ce_stats_grad)(const void *xv, int64_t n, const void *nextv, const void *wv, int want_wsum,
-                                 void *ev, ce_stats *out, const void *pev, const void *gwv, double a, double b0,
-                                 int stream, int64_t plo, int64_t phi, void *gv)
+                                 void *ev, ce_stats *out, const ce_grad_along *along)
 {
-    const T *x = (const T *)xv;
-    CE_FN(writer) wr = {(const CT *)pev, (const CT *)gwv, (T *)gv, n, 0, plo, phi, VOP(set1)((CT)a),
-                        VOP(set1)((CT)b0)};
-    stream = CE_HAVE_STREAM && stream && ((uintptr_t)gv % sizeof(T)) == 0;
-#define CE_SG(weighted, stream) CE_FN(stats_grad_impl)(x, n, (const T *)nextv, (CT *)ev, out, &wr, weighted, stream)
-    if (gwv) {
+    const T *x = (const T *)xv, *next = (const T *)nextv;
+    CE_FN(writer) wr = CE_FN(writer_of)(along, n);
+    /* streaming needs element-aligned g to reach a 64-byte boundary */
+    const int stream = CE_HAVE_STREAM && along->stream && ((uintptr_t)along->g % sizeof(T)) == 0;
+#define CE_SG(weighted, stream)                                                                        \
+    CE_FN(stats_along)(x, n, 0, 0, NULL, NULL, 0, next, (CT *)ev, 1, out, &wr, 1, weighted, stream)
+    if (along->w) {
         if (stream) CE_SG(1, 1);
         else CE_SG(1, 0);
     } else {
@@ -186,6 +221,21 @@ static void CE_FN(ce_stats_grad)(const void *xv, int64_t n, const void *nextv, c
     out->wtotal = out->wsum = out->qsum = out->qysum = 0.0;
     if (want_wsum)
         CE_FN(factor_sums)(x, NULL, n, 0.0, (const CT *)wv, ce_stats_ref(out->max), &out->wtotal, &out->wsum);
+}
+
+static void CE_FN(ce_stats_ahead)(const void *xv, int64_t n, double max, const void *aheadv, const void *nextv,
+                                  ce_stats *out, double *ahead_max)
+{
+    const T *x = (const T *)xv, *ahead = (const T *)aheadv;
+    const V zero = VOP(set1)(0);
+    if (!x) {
+        *ahead_max = CE_FN(stats_max)(ahead, n, NULL, zero, zero, 0);
+        return;
+    }
+    CT am;
+    CE_FN(stats_along)(x, n, (CT)max, 1, ahead, &am, 1, (const T *)nextv, NULL, 0, out, NULL, 0, 0, 0);
+    *ahead_max = am;
+    out->wtotal = out->wsum = out->qsum = out->qysum = 0.0;
 }
 
 typedef struct {

@@ -418,6 +418,38 @@ static void test_grad_exp_case(const isa_entry *isa, int dt, int64_t n, int weig
     buf_free(&eb), buf_free(&qb), buf_free(&wb), buf_free(&gb);
 }
 
+/* ---- the forward's pass 1 with the next row's max alongside: the same bits as stats ------- */
+
+/* stats_ahead's uses (kernels.h) against stats on each row apart: row x with its max known
+ * and row p's max taken alongside, p with x's max alongside, and x's max alone. */
+static void test_stats_ahead_case(const isa_entry *isa, int dt, int64_t n, size_t offset, int special)
+{
+    const ce_stats_ahead_fn ahead = isa->table->k[dt].stats_ahead;
+    if (!ahead) return; /* each row takes its own max */
+    const size_t es = dtype_size[dt];
+    buffer xb = buf_new((size_t)n * es, offset * es), pb = buf_new((size_t)n * es, 0);
+    fill_logits(dt, xb.p, n, special);
+    fill_logits(dt, pb.p, n, (special + 1) % SP_COUNT);
+    ce_stats want_x, want_p, got_x, got_p;
+    isa->table->k[dt].stats(xb.p, n, NULL, 0.0, NULL, 0, NULL, &want_x);
+    isa->table->k[dt].stats(pb.p, n, NULL, 0.0, NULL, 0, NULL, &want_p);
+    double max_p = NAN, max_x = NAN, max_alone = NAN;
+    memset(&got_x, 0xa5, sizeof got_x), memset(&got_p, 0xa5, sizeof got_p); /* every field written */
+    ahead(xb.p, n, want_x.max, pb.p, NULL, &got_x, &max_p);
+    ahead(pb.p, n, want_p.max, xb.p, xb.p, &got_p, &max_x);
+    ahead(NULL, n, 0.0, xb.p, NULL, NULL, &max_alone);
+    char what[200];
+    snprintf(what, sizeof what, "%s stats_ahead %s n=%lld off=%zu special=%s", isa->name, dtype_name[dt],
+             (long long)n, offset, special_name[special]);
+    check(memcmp(&got_x, &want_x, sizeof got_x) == 0 && memcmp(&got_p, &want_p, sizeof got_p) == 0,
+          "%s: statistics differ from stats'", what);
+    check(memcmp(&max_p, &want_p.max, sizeof(double)) == 0 && memcmp(&max_x, &want_x.max, sizeof(double)) == 0 &&
+              memcmp(&max_alone, &want_x.max, sizeof(double)) == 0,
+          "%s: the max ahead differs from stats' (%.9g %.9g %.9g against %.9g %.9g)", what, max_p, max_x, max_alone,
+          want_p.max, want_x.max);
+    buf_free(&xb), buf_free(&pb);
+}
+
 /* ---- pass 1 with an earlier row's pass 2 alongside: the same bits as the two apart -------- */
 
 static void test_stats_grad_case(const isa_entry *isa, int dt, int64_t n, int weighted, int want_wsum, int stream,
@@ -439,7 +471,8 @@ static void test_stats_grad_case(const isa_entry *isa, int dt, int64_t n, int we
     const double a = rng_uniform(0.1, 2.0), b0 = weighted ? rng_uniform(-0.2, 0.2) : 0.0;
     /* a plain range somewhere (the target's line), or none */
     const int64_t plo = n ? (int64_t)(rng_next() % (uint64_t)n) : 0, phi = rng_next() % 2 ? plo + 16 : plo;
-    isa->table->k[dt].stats_grad(xb.p, n, NULL, wb.p, want_wsum, e1.p, &got, pe.p, w, a, b0, stream, plo, phi, g1.p);
+    const ce_grad_along along = {pe.p, w, a, b0, stream, plo, phi, g1.p};
+    isa->table->k[dt].stats_grad(xb.p, n, NULL, wb.p, want_wsum, e1.p, &got, &along);
     ce_stream_fence();
     isa->table->k[dt].stats(xb.p, n, NULL, 0.0, wb.p, want_wsum, e2.p, &want);
     isa->table->k[dt].grad_exp(pe.p, NULL, n, NULL, w, a, 0.0, b0, stream, g2.p);
@@ -1220,6 +1253,8 @@ int main(int argc, char **argv)
                 for (int special = 0; special < SP_COUNT; special++)
                     for (size_t offset = 0; offset < 3; offset++)
                         test_shift_case(isa, dt, n, offset * 3, special);
+                for (int special = 0; special < SP_COUNT; special++)
+                    for (size_t offset = 0; offset < 2; offset++) test_stats_ahead_case(isa, dt, n, offset * 5, special);
             }
             if (small) continue;
             /* a long row: block merging keeps the float sums accurate */
@@ -1230,6 +1265,7 @@ int main(int argc, char **argv)
             test_bce_case(isa, dt, 262147, 7 | 32, SP_NONE);
             test_grad_exp_case(isa, dt, 262147, 1, 1, 1, 1);
             test_stats_grad_case(isa, dt, 262147, 1, 1, 1, 1, SP_NONE);
+            test_stats_ahead_case(isa, dt, 262147, 1, SP_NONE);
         }
         printf("%-8s %s\n", isa->name, n_failed == failed_before ? "ok" : "FAILED");
     }
