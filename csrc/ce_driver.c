@@ -41,14 +41,14 @@
  * may report its host's whole L3, shared with other tenants (480 MB on a 2-core Xeon VM, where
  * ordinary stores were slower than streaming from an 8 MB gradient up: out=, float32,
  * 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms, 512x131072 33 vs 21 ms).
- * And only for rows of at least the vendor's minimum: each streamed row has one line written
- * with ordinary stores (the target's, ce_segment_grad), and on AMD its read for ownership holds
- * up the streamed stores behind it. Measured, fused out= float32, 2 threads: Zen 5, 4 KB rows
- * 20 % slower streamed, 8 KB and up 18-35 % faster; the Xeon VM, 65536x1024 (4 KB rows)
- * 43 -> 27 ms streamed, 2 KB rows no gain. */
+ * And only for rows of at least 4 KB: each streamed row has a line or two written with
+ * ordinary stores (the target's, ce_segment_grad, and a partial last one), which the pipeline
+ * prefetches for writing a row ahead (ce_row_end). Measured, fused out= float32: the Xeon VM,
+ * 65536x1024 (4 KB rows) 43 -> 27 ms streamed, 2 KB rows no gain; Zen 5, 8 KB rows and up
+ * 18-35 % faster; 4 KB rows 20 % slower before those prefetches, and after them (alternated
+ * calls) 0.74-1.01x the time on 2 threads (median 0.90x of eight runs), 0.91-1.11x on one. */
 #define CE_STREAM_CACHE_CAP ((int64_t)32 << 20)
-#define CE_MIN_STREAM_ROW_BYTES_INTEL 4096
-#define CE_MIN_STREAM_ROW_BYTES_OTHER 8192
+#define CE_MIN_STREAM_ROW_BYTES 4096
 
 
 static double ce_load(int dtype, const void *p, int64_t i)
@@ -642,8 +642,7 @@ static int ce_check(const fusedce_ce_args *a)
 static int ce_stream_gradient(double call_bytes, int64_t row_bytes)
 {
     const int64_t llc = ce_llc_bytes(), cache = llc < CE_STREAM_CACHE_CAP ? llc : CE_STREAM_CACHE_CAP;
-    const int64_t min_row = ce_cpu_is_intel() ? CE_MIN_STREAM_ROW_BYTES_INTEL : CE_MIN_STREAM_ROW_BYTES_OTHER;
-    return call_bytes > (double)cache && row_bytes >= min_row;
+    return call_bytes > (double)cache && row_bytes >= CE_MIN_STREAM_ROW_BYTES;
 }
 
 static int ce_run(int dtype, const fusedce_ce_args *a)

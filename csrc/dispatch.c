@@ -36,7 +36,6 @@ static int ce_detected = FUSEDCE_ISA_PORTABLE;
 static const ce_isa_table *ce_active;
 static int ce_threads; /* 0 = all cores */
 static int64_t ce_l2, ce_llc;
-static int ce_intel; /* the CPU's vendor string is GenuineIntel */
 static pthread_once_t ce_once = PTHREAD_ONCE_INIT;
 
 #ifdef CE_X86
@@ -50,8 +49,6 @@ static uint64_t ce_xgetbv0(void)
 static void ce_detect_x86(void)
 {
     unsigned a, b, c, d;
-    if (__get_cpuid(0, &a, &b, &c, &d)) /* "Genu" "ineI" "ntel" in ebx, edx, ecx */
-        ce_intel = b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
     if (!osxsave || !avx) return;
@@ -151,8 +148,6 @@ const ce_isa_table *ce_detected_table(void)
 
 int64_t ce_l2_bytes(void) { ce_ensure_init(); return ce_l2; }
 int64_t ce_llc_bytes(void) { ce_ensure_init(); return ce_llc; }
-
-int ce_cpu_is_intel(void) { ce_ensure_init(); return ce_intel; }
 
 long long fusedce_l2_bytes(void) { return (long long)ce_l2_bytes(); }
 long long fusedce_llc_bytes(void) { return (long long)ce_llc_bytes(); }

@@ -196,11 +196,9 @@ int ce_threads_for(int64_t elems);
  * without OpenMP). */
 int ce_team(int *size);
 
-/* Cache sizes in bytes and the CPU's vendor (dispatch.c), for the driver's split and streaming
- * decisions. */
+/* Cache sizes in bytes (dispatch.c), for the driver's split and streaming decisions. */
 int64_t ce_l2_bytes(void);
 int64_t ce_llc_bytes(void);
-int ce_cpu_is_intel(void);
 
 /* Bytes per logit of a dtype, and per class weight (the compute type: double for f64, else
  * float). */
