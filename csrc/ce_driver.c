@@ -697,13 +697,15 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     J.row_ahead = seg * (int64_t)(2 * J.es + exp_es) <= ce_l2_bytes() / 2;
     J.exp_bytes = J.exp_in_place ? 0
                                  : ((size_t)((J.grad_from_exp ? seg_chunks : 1) * CE_CHUNK) * J.wes + 63) / 64 * 64;
-    /* the pipeline holds two rows' exponentials: only where they stay in L2 with the logits;
-     * in place, where the two rows themselves fit in L2 (512x131072 float32 in place, 2
-     * threads, Zen 5: 5 % faster than a row at a time, median of 8 alternated runs; 1 MB rows
-     * 7 % slower) */
-    const int64_t pipeline_bytes = J.exp_in_place ? 2 * K * (int64_t)J.es : 2 * K * (int64_t)(J.es + 2 * J.wes);
+    /* The pipeline holds two rows' exponentials. Kept in scratch, at any size keep_exp allows
+     * (CE_KEEP_EXP_BYTES a row): beyond L2 the memory stream then still runs during the exps
+     * instead of idling through a row's pass 1 (fused out= float32, Zen 5, alternated calls:
+     * 512x131072 0.84-0.99x the time on 2 threads and 0.81-0.89x on one, 128x262144
+     * 0.94-0.99x and 0.83x, 2048x65536 0.91-1.02x on 2 threads). Kept over the logits (in
+     * place), where the two rows fit in L2 (512x131072 float32 in place, 2 threads, Zen 5:
+     * 5 % faster than a row at a time, median of 8 alternated runs; 1 MB rows 7 % slower). */
     J.pipeline = !split && J.keep_exp && !a->target_probs && J.k->stats_grad && !a->lse_in &&
-                 pipeline_bytes <= ce_l2_bytes();
+                 (!J.exp_in_place || 2 * K * (int64_t)J.es <= ce_l2_bytes());
     /* The forward reads each row once where rows are one chunk and their pass 1 is the plain
      * one (no softcap, probability targets or smoothed loss). Not with a gradient: its stores
      * then compete with the loads of the row ahead (see stats_along in simd_rows.h). */
