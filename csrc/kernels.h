@@ -81,7 +81,7 @@ typedef void (*ce_grad_exp_fn)(const void *e, const void *q, int64_t n, const vo
                                void *g);
 
 /* An earlier row's chunk of gradient of the same n classes, written alongside a pass 1
- * (ce_stats_grad_fn, ce_stats_ahead_fn) from its kept exponentials pe: g_j = a*pe_j - w_j*b0
+ * (ce_stats_grad_fn) from its kept exponentials pe: g_j = a*pe_j - w_j*b0
  * (w NULL: 1), streamed when `stream` but over [plo, phi) (ordinary stores: the line its
  * caller rewrites an element of). */
 typedef struct ce_grad_along {

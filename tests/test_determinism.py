@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import fusedce
+from fusedce import reference as ref
+from tolerances import assert_loss_close
 
 THREADS = (1, 2, 3, 4)
 # one chunk; 9 chunks (split over threads when there are fewer rows than threads, a row alone
@@ -19,6 +21,7 @@ OPTIONS = {
     "plain": {},
     "weighted, smoothed, z-loss": {"weight": True, "label_smoothing": 0.1, "z_loss": 1e-3},
     "softcap, ignored rows": {"softcap": 15.0, "ignore": True},
+    "ignored rows": {"ignore": True},
     "probabilities": {"soft": True},
 }
 
@@ -51,9 +54,12 @@ def _results(x, target, kwargs):
     loss, grad = fusedce.cross_entropy_with_grad(x, target, reduction="none", **kwargs)
     fwd, lse = fusedce.cross_entropy_forward(x, target, reduction="none", **kwargs)
     out = {"loss": loss, "grad": grad, "forward loss": fwd, "lse": lse}
-    # the forward takes each row's max during the previous row's pass where rows are one chunk,
-    # the fused call in a pass of its own: the same bits
+    # the forward takes each row's max during the previous row's pass where rows are one chunk
+    # (and, for the loss alone, skips ignored rows), the fused call in a pass of its own: the
+    # same bits
     _assert_same_bits({"loss": fwd}, {"loss": loss}, "forward against fused")
+    loss_only = fusedce.cross_entropy(x, target, reduction="none", **kwargs)
+    _assert_same_bits({"loss": loss_only}, {"loss": loss}, "loss alone against fused")
     # in place, the exponentials are kept over the logits instead of in scratch: the same bits
     in_place = x.copy()
     fusedce.cross_entropy_with_grad(in_place, target, reduction="none", inplace=True, **kwargs)
@@ -152,3 +158,18 @@ def test_a_streamed_gradient_gives_the_bits_of_a_cached_one(isa, restore_threads
         _assert_same_bits({"loss": part_loss, "grad": part_grad}, {"loss": loss[rows], "grad": grad[rows]},
                           f"{isa} {shape} {option}: rows {first}.. against the whole call")
         _assert_same_bits({"grad": shifted[rows]}, {"grad": part_grad}, f"{isa} {shape} {option}: shifted out=")
+
+
+@pytest.mark.parametrize("classes", [1000, 20000])
+def test_the_forward_takes_each_rows_own_max_after_ignored_rows(isa, classes):
+    """The forward takes a one-chunk row's max during the previous row's pass and skips
+    ignored rows: the row after one must take its own max, not the ignored row's (here 1000
+    below it, which would overflow the exponentials). Rows of several chunks alongside."""
+    rng = np.random.default_rng(classes)
+    x = (rng.standard_normal((9, classes)) * 4).astype(np.float32)
+    target = rng.integers(0, classes, 9)
+    target[::3] = -100
+    x[::3] -= 1000.0
+    want = ref.cross_entropy(x, target, reduction="none")
+    assert_loss_close(fusedce.cross_entropy(x, target, reduction="none"), want, x.dtype)
+    assert_loss_close(fusedce.cross_entropy_forward(x, target, reduction="none")[0], want, x.dtype)
