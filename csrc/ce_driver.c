@@ -41,14 +41,17 @@
  * may report its host's whole L3, shared with other tenants (480 MB on a 2-core Xeon VM, where
  * ordinary stores were slower than streaming from an 8 MB gradient up: out=, float32,
  * 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms, 512x131072 33 vs 21 ms).
- * And only for rows of at least 4 KB: each streamed row has a line or two written with
- * ordinary stores (the target's, ce_segment_grad, and a partial last one), which the pipeline
- * prefetches for writing a row ahead (ce_row_end). Measured, fused out= float32: the Xeon VM,
- * 65536x1024 (4 KB rows) 43 -> 27 ms streamed, 2 KB rows no gain; Zen 5, 8 KB rows and up
- * 18-35 % faster; 4 KB rows 20 % slower before those prefetches, and after them (alternated
- * calls) 0.74-1.01x the time on 2 threads (median 0.90x of eight runs), 0.91-1.11x on one. */
+ * And only for rows of at least 4 KB where more than one thread writes, 8 KB where one does:
+ * each streamed row has a line or two written with ordinary stores (the target's,
+ * ce_segment_grad, and a partial last one), which the pipeline prefetches for writing a row
+ * ahead (ce_prefetch_row_lines). Measured, out= float32: the Xeon VM, fused 65536x1024 (4 KB
+ * rows) 43 -> 27 ms streamed, 2 KB rows no gain; Zen 5, 8 KB rows and up 18-35 % faster; 4 KB
+ * rows (65536x1024) 20 % slower before those prefetches, and after them, alternated calls,
+ * fused 0.74-1.01x the time on 2 threads (median 0.90x of eight runs) but 0.91-1.11x on one,
+ * backward given the lse 0.87-0.96x on 2 threads but 1.07-1.36x on one. */
 #define CE_STREAM_CACHE_CAP ((int64_t)32 << 20)
 #define CE_MIN_STREAM_ROW_BYTES 4096
+#define CE_MIN_STREAM_ROW_BYTES_ONE_THREAD 8192
 
 
 static double ce_load(int dtype, const void *p, int64_t i)
@@ -491,6 +494,21 @@ static char *ce_row_pass1(const ce_job *J, const ce_row_head *h, int64_t r, int6
     return e;
 }
 
+/* Streamed, the lines of whole row r's target (tl: its element, or -1) and of its end where
+ * that is not on a line boundary take ordinary stores (ce_segment_grad, the kernels' tails),
+ * whose reads for ownership would hold up the streamed stores behind them: the pipeline asks
+ * for them (a prefetch for writing) a row before it writes them. Fused out= float32 (NumPy's
+ * arrays start 16 bytes past a line), Zen 5, alternated calls: the target's line 32768x2048
+ * 10-16 % faster (1 and 2 threads), 16384x4096 1-5 %, 4096x32000 no change; the end's a
+ * further 6 % at 32768x2048. Rows without the pipeline (backward given the lse) measured no
+ * gain from it (65536x1024, 0.87-0.96x streamed with it or without). */
+static void ce_prefetch_row_lines(const ce_job *J, int64_t r, int64_t tl)
+{
+    const char *g = (const char *)J->a->grad, *g_end = g + ce_offset(J, r + 1, 0);
+    if (tl >= 0) __builtin_prefetch(g + ce_offset(J, r, tl), 1, 3);
+    if ((uintptr_t)g_end & 63) __builtin_prefetch(g_end - 1, 1, 3);
+}
+
 /* The rest of row r once its chunk statistics st are in: the lse, the loss and the gradient
  * (or, with the pipeline, the gradient left pending for the next row's pass 1). */
 static void ce_row_end(const ce_job *J, const ce_row_head *h, int64_t r, int64_t next_r, int64_t c0, int64_t c1,
@@ -517,17 +535,7 @@ static void ce_row_end(const ce_job *J, const ce_row_head *h, int64_t r, int64_t
     if (a->grad) {
         const int64_t t_here = h->owner ? h->tl : -1;
         if (pend && h->need_stats) { /* written during the next row's pass 1 */
-            /* Streamed, the lines of the target and of the row's end where it is not on a line
-             * boundary take ordinary stores (ce_segment_grad, the kernels' tails), whose reads
-             * for ownership would hold up the streamed stores behind them: asked for now, a row
-             * ahead. Fused out= float32 (NumPy's 16 bytes past a line), Zen 5, alternated
-             * calls: the target's line 32768x2048 10-16 % faster (1 and 2 threads), 16384x4096
-             * 1-5 %, 4096x32000 no change; the end's a further 6 % at 32768x2048. */
-            if (J->stream) {
-                const char *g_end = (const char *)a->grad + ce_offset(J, r, hi);
-                if (t_here >= 0) __builtin_prefetch((const char *)a->grad + ce_offset(J, r, t_here), 1, 3);
-                if ((uintptr_t)g_end & 63) __builtin_prefetch(g_end - 1, 1, 3);
-            }
+            if (J->stream) ce_prefetch_row_lines(J, r, t_here);
             *pend = (ce_pending){r, t_here, T, e, st, 1};
             return;
         }
@@ -638,11 +646,12 @@ static int ce_check(const fusedce_ce_args *a)
 }
 
 /* Whether a gradient goes out through streaming stores (see CE_STREAM_CACHE_CAP), from the
- * call's bytes of logits and gradient together and the bytes of one row. */
-static int ce_stream_gradient(double call_bytes, int64_t row_bytes)
+ * call's bytes of logits and gradient together, the bytes of one row and the call's threads. */
+static int ce_stream_gradient(double call_bytes, int64_t row_bytes, int threads)
 {
     const int64_t llc = ce_llc_bytes(), cache = llc < CE_STREAM_CACHE_CAP ? llc : CE_STREAM_CACHE_CAP;
-    return call_bytes > (double)cache && row_bytes >= CE_MIN_STREAM_ROW_BYTES;
+    const int64_t min_row = threads > 1 ? CE_MIN_STREAM_ROW_BYTES : CE_MIN_STREAM_ROW_BYTES_ONE_THREAD;
+    return call_bytes > (double)cache && row_bytes >= min_row;
 }
 
 static int ce_run(int dtype, const fusedce_ce_args *a)
@@ -668,9 +677,9 @@ static int ce_run(int dtype, const fusedce_ce_args *a)
     }
     const int64_t K = a->classes, rows = a->rows;
     const double grad_bytes = (double)rows * (double)K * (double)J.es;
-    J.stream = a->grad && a->grad != a->logits && ce_stream_gradient(2.0 * grad_bytes, K * (int64_t)J.es);
-    J.chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
     const int nt = ce_threads_for(rows * K);
+    J.stream = a->grad && a->grad != a->logits && ce_stream_gradient(2.0 * grad_bytes, K * (int64_t)J.es, nt);
+    J.chunks = (K + CE_CHUNK - 1) / CE_CHUNK;
     /* Split rows over threads (whole chunks each) when there are fewer rows than threads, or
      * when rows too large for a core's L2 would leave whole-row blocks more than 1/8 uneven.
      * Not merely because a row is large: a split row costs a barrier, and each barrier waits
