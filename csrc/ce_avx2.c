@@ -12,7 +12,8 @@
  *   ce_stats_bf16_avx2 ce_grad_bf16_avx2 ce_shift_bf16_avx2 ce_stats_soft_bf16_avx2
  *       ce_grad_soft_bf16_avx2 bce_bf16_avx2 ce_grad_exp_bf16_avx2
  *       ce_stats_grad_bf16_avx2 ce_stats_ahead_bf16_avx2
- *   vexp_f32_avx2 vexp_f64_avx2 vexpn_f32_avx2 roof_read_avx2 roof_copy_avx2
+ *   vexp_f32_avx2 vexp_f64_avx2 vexpn_f32_avx2 vexpn_nonpos_f32_avx2 roof_read_avx2
+ *       roof_copy_avx2
  */
 #define CE_ISA avx2
 #define CE_ISA_ID FUSEDCE_ISA_AVX2

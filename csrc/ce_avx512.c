@@ -12,7 +12,8 @@
  *   ce_stats_bf16_avx512 ce_grad_bf16_avx512 ce_shift_bf16_avx512 ce_stats_soft_bf16_avx512
  *       ce_grad_soft_bf16_avx512 bce_bf16_avx512 ce_grad_exp_bf16_avx512
  *       ce_stats_grad_bf16_avx512 ce_stats_ahead_bf16_avx512
- *   vexp_f32_avx512 vexp_f64_avx512 vexpn_f32_avx512 roof_read_avx512 roof_copy_avx512
+ *   vexp_f32_avx512 vexp_f64_avx512 vexpn_f32_avx512 vexpn_nonpos_f32_avx512 roof_read_avx512
+ *       roof_copy_avx512
  */
 #define CE_ISA avx512
 #define CE_ISA_ID FUSEDCE_ISA_AVX512

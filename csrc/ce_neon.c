@@ -12,7 +12,8 @@
  *   ce_stats_bf16_neon ce_grad_bf16_neon ce_shift_bf16_neon ce_stats_soft_bf16_neon
  *       ce_grad_soft_bf16_neon bce_bf16_neon ce_grad_exp_bf16_neon
  *       ce_stats_grad_bf16_neon ce_stats_ahead_bf16_neon
- *   vexp_f32_neon vexp_f64_neon vexpn_f32_neon roof_read_neon roof_copy_neon
+ *   vexp_f32_neon vexp_f64_neon vexpn_f32_neon vexpn_nonpos_f32_neon roof_read_neon
+ *       roof_copy_neon
  */
 #define CE_ISA neon
 #define CE_ISA_ID FUSEDCE_ISA_NEON

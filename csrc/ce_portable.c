@@ -152,6 +152,7 @@ const ce_isa_table ce_table_portable = {
     vexp_f32_portable,
     vexp_f64_portable,
     vexp_f32_portable,
+    vexp_f32_portable,
     roof_read_portable,
     roof_copy_portable,
 };

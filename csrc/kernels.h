@@ -136,8 +136,10 @@ typedef struct ce_isa_table {
     /* The ISA's vector exp alone, over n elements, for the accuracy tests. */
     void (*vexp_f32)(const float *x, int64_t n, float *y);
     void (*vexp_f64)(const double *x, int64_t n, double *y);
-    /* The softmax's exp alone (arguments <= 0; cheaper, a little less exact), likewise. */
+    /* The softmax's exp alone (arguments <= 0, or a little above; cheaper, a little less
+     * exact), likewise; and the form pass 1 takes, for arguments known to be <= 0 (or NaN). */
     void (*vexpn_f32)(const float *x, int64_t n, float *y);
+    void (*vexpn_nonpos_f32)(const float *x, int64_t n, float *y);
     /* The memory roofline's patterns (roofline.c) over one thread's bytes: read every byte
      * (returns something of them, so the loads stay), and copy with streaming stores where
      * the ISA has them (dst 64-byte aligned, bytes a multiple of 64; the caller fences). */

@@ -12,7 +12,7 @@
 #define CE_VBYTES 64
 #define CE_HAVE_STREAM 1
 #define CE_HAVE_SCALEF 1
-#define CE_EXP_TABLE_BITS 4 /* vf_pow2_table: 16 entries, one permute */
+#define CE_EXP_TABLE_BITS 5 /* vf_pow2_table: 32 entries, one two-register permute */
 
 /* The k-register operations, per lane family; the compute type's partial loads and stores. */
 #define CE_AVX512_MASKS(fam, VT, MT, CT, S, DT)                                                      \
@@ -34,13 +34,14 @@ CE_AVX512_MASKS(f, __m512, __mmask16, float, ps, f32)
 CE_X86_LANES(d, __m512d, __mmask8, double, 512, pd, f64, _mm512_cmp_pd_mask)
 CE_AVX512_MASKS(d, __m512d, __mmask8, double, pd, f64)
 
-/* 2^(n/16) for t = 1.5*2^23 + n: the table's entry for n's low 4 bits (the permute reads only
- * those), n's other bits added to its exponent (simd_math.h, CE_EXP2_TABLE_4). */
+/* 2^(n/32) for t = 1.5*2^23 + n: the table's entry for n's low 5 bits (a permute of two
+ * registers reads only those), n's other bits added to its exponent (simd_math.h,
+ * CE_EXP2_TABLE_5). */
 CE_INLINE vf vf_pow2_table(vf t, const float *table)
 {
     const __m512i ti = _mm512_castps_si512(t);
-    const __m512 entry = _mm512_permutexvar_ps(ti, _mm512_loadu_ps(table));
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(entry), _mm512_slli_epi32(ti, 19)));
+    const __m512 entry = _mm512_permutex2var_ps(_mm512_loadu_ps(table), ti, _mm512_loadu_ps(table + 16));
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(entry), _mm512_slli_epi32(ti, 18)));
 }
 
 /* Lane sums in double, so float partial sums lose nothing more. */

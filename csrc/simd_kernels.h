@@ -168,6 +168,7 @@ const ce_isa_table CE_CAT(ce_table_, CE_ISA) = {
     CE_CAT(vexp_f32_, CE_ISA),
     CE_CAT(vexp_f64_, CE_ISA),
     CE_CAT(vexpn_f32_, CE_ISA),
+    CE_CAT(vexpn_nonpos_f32_, CE_ISA),
     CE_CAT(roof_read_, CE_ISA),
     CE_CAT(roof_copy_, CE_ISA),
 };

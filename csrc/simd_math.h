@@ -61,18 +61,20 @@
 #define CE_EXPN_Q_f 0x1.1062500p-7f, 0x1.572a640p-5f, 0x1.5557b00p-3f, 0x1.fffdfc0p-2f
 /* The table form of the softmax's exp (CE_EXP_TABLE_BITS = B > 0): 2^(j/2^B) for j < 2^B, as
  * float bits less j << (23 - B) (so that adding n << (23 - B) gives 2^(n/2^B) for any n whose
- * low B bits are j), and e^r = 1 + r*(1 + r*(c2 + c3*r)) on |r| <= ln2/2^(B+1), c2 and c3 a
- * relative-minimax fit derived for this library (max relative error 1.6e-9 for B = 4, 2.5e-8
- * for B = 3) */
-#define CE_EXP2_TABLE_4                                                                          \
-    0x3f800000u, 0x3f7daac3u, 0x3f7b95c2u, 0x3f79c3d3u, 0x3f7837f0u, 0x3f76f532u, 0x3f75fed7u,   \
-        0x3f75583fu, 0x3f7504f3u, 0x3f7508a4u, 0x3f75672au, 0x3f76248cu, 0x3f7744fdu, 0x3f78ccdfu, \
-        0x3f7ac0c7u, 0x3f7d257du
+ * low B bits are j), and e^r = 1 + r*P(r) on |r| <= ln2/2^(B+1), P = 1 + r*(c2 + c3*r) for
+ * B = 3, c1 + c2*r for B = 5: relative-minimax fits derived for this library (max relative
+ * error 2.5e-8 for B = 3, 5.3e-8 for B = 5), highest degree first */
+#define CE_EXP2_TABLE_5                                                                          \
+    0x3f800000u, 0x3f7ecd87u, 0x3f7daac3u, 0x3f7c980fu, 0x3f7b95c2u, 0x3f7aa43au, 0x3f79c3d3u,   \
+        0x3f78f4f0u, 0x3f7837f0u, 0x3f778d3au, 0x3f76f532u, 0x3f767043u, 0x3f75fed7u, 0x3f75a15bu, \
+        0x3f75583fu, 0x3f7523f6u, 0x3f7504f3u, 0x3f74fbafu, 0x3f7508a4u, 0x3f752c4du, 0x3f75672au, \
+        0x3f75b9beu, 0x3f76248cu, 0x3f76a81eu, 0x3f7744fdu, 0x3f77fbb8u, 0x3f78ccdfu, 0x3f79b907u, \
+        0x3f7ac0c7u, 0x3f7be4bau, 0x3f7d257du, 0x3f7e83b3u
 #define CE_EXP2_TABLE_3                                                                          \
     0x3f800000u, 0x3f7b95c2u, 0x3f7837f0u, 0x3f75fed7u, 0x3f7504f3u, 0x3f75672au, 0x3f7744fdu,   \
         0x3f7ac0c7u
-#define CE_EXPN_TABLE_Q_4 0x1.55523ap-3f, 0x1.00022p-1f
-#define CE_EXPN_TABLE_Q_3 0x1.5548e8p-3f, 0x1.00087cp-1f
+#define CE_EXPN_TABLE_P_5 0.5f, 0x1.0000f6p+0f
+#define CE_EXPN_TABLE_P_3 0x1.5548e8p-3f, 0x1.00087cp-1f, 1.0f
 /* log1p: R = z*P(z), z = s^2 */
 #define CE_LOG1P_P_f 0x1.e5daf0p-3f, 0x1.24308ep-2f, 0x1.999a5cp-2f, 0x1.555556p-1f
 #define CE_LOG1P_P_d                                                                             \
@@ -117,17 +119,21 @@ CE_INLINE V CE_M(ce_exp)(V x)
  * step, r = x - n*ln2_hi/2^B (off by n*(ln2 - ln2_hi)/2^B, 1.9e-9*|x|/ln2, relative to the
  * result, which matters only where the result is tiny against the row's largest term, 1).
  *
- * Where the vocabulary has a table lookup (CE_EXP_TABLE_BITS = B: 4 on AVX-512, 3 on AVX2),
+ * Where the vocabulary has a table lookup (CE_EXP_TABLE_BITS = B: 5 on AVX-512, 3 on AVX2),
  * exp(x) = 2^(n/2^B) * e^r, 2^(n/2^B) from a table of 2^B entries and n's high bits added to
- * its exponent, e^r a degree-3 polynomial on |r| <= ln2/2^(B+1): 6 of the FMA unit's
- * operations a vector against 9 for the polynomial with scalef (one core's pass 1 in cache,
- * Zen 5, K = 32000: AVX-512 7.1-8.1 -> 9.8-9.9 G el/s, AVX2 4.1-4.4 -> 5.0-5.2). Results below
- * 2^-126 (x < -87.34) are 0 (a mask, which also gives exp(-inf) = 0 and keeps NaN); ce_expn
- * overflows to inf from 88.69 (AVX2) or 88.70 (AVX-512) on. Measured max error, every float
- * in [-87, 0] (tests/c/test_kernels.c with FUSEDCE_TEST_EXHAUSTIVE=1): AVX-512 5.23 ULP, AVX2
- * 5.59, at the deep end where the reduction's error grows with |n|; where results are 2^-24
- * and more (x >= -16.6, all a sum or a probability can tell from 0 against the row's largest
- * term, 1), 2.19 and 2.56 ULP.
+ * its exponent, e^r = 1 + r*P(r) on |r| <= ln2/2^(B+1), P of degree 2 (B = 3) or 1 (B = 5),
+ * and the result 2^(n/2^B) + (2^(n/2^B)*r)*P(r): its product and sum are independent of each
+ * other (a shorter chain than multiplying 1 + r*P by the power). 6 (AVX2) or 5 (AVX-512) of
+ * the FMA unit's operations a vector against 9 for the polynomial with scalef; one core's
+ * pass 1 in cache, Zen 5, K = 32000: AVX-512 7.1-8.1 -> 9.8-9.9 G el/s with the first table
+ * form (B = 4, degree 2, 6 operations), then 1.04x that (median of 8 runs, 1.00-1.22x) with
+ * B = 5; AVX2 4.1-4.4 -> 5.0-5.2. Results below 2^-126 (x < -87.34) are 0 (a mask, which also
+ * gives exp(-inf) = 0 and keeps NaN); ce_expn overflows to inf from 88.69 (AVX2) or 88.71
+ * (AVX-512) on. Both forms give the same bits for x <= 0 (tested). Measured max error, every
+ * float in [-87, 0] (tests/c/test_kernels.c with FUSEDCE_TEST_EXHAUSTIVE=1): AVX-512 5.91
+ * ULP, AVX2 5.21, at the deep end where the reduction's error grows with |n|; where results
+ * are 2^-24 and more (x >= -16.6, all a sum or a probability can tell from 0 against the
+ * row's largest term, 1), 2.42 and 1.73 ULP.
  *
  * Else (NEON) a degree-5 polynomial on |r| <= ln2/2 (3 coefficients fitted, relative error
  * 1.05e-7): 4.93 ULP at worst, 2.51 where results are 2^-24 and more; 2^n from the bits of t,
@@ -148,8 +154,17 @@ CE_INLINE V CE_M(ce_expn_impl)(V x, const int nonpos)
     const V t = VOP(fma)(x, VOP(set1)(CE_K(CE_LOG2E) * (CT)(1 << CE_TB)), shifter);
     const V n = VOP(sub)(t, shifter);
     const V r = VOP(fnma)(n, VOP(set1)(CE_K(CE_LN2_HI) / (CT)(1 << CE_TB)), x);
-    const V er = VOP(fma)(VOP(fma)(CE_POLY(r, CE_CAT(CE_EXPN_TABLE_Q_, CE_TB)), r, one), r, one);
-    return VOP(maskz)(keep, VOP(mul)(er, VOP(pow2_table)(t, (const CT *)(const void *)table)));
+    const V power = VOP(pow2_table)(t, (const CT *)(const void *)table);
+    const V p = CE_POLY(r, CE_CAT(CE_EXPN_TABLE_P_, CE_TB));
+    V e = VOP(fma)(VOP(mul)(power, r), p, power);
+    if (!nonpos) {
+        /* near overflow the power may be inf, and inf + inf*r*P NaN where r <= 0: there (x > 88,
+         * rare) (1 + r*P) * power. Elsewhere the arithmetic is the x <= 0 form's, so that a
+         * gradient recomputing exp(y - max) gets the bits pass 1 stored. */
+        const M big = VOP(gt)(x, VOP(set1)((CT)88.0));
+        if (VOP(any)(big)) e = VOP(select)(big, VOP(mul)(VOP(fma)(p, r, one), power), e);
+    }
+    return VOP(maskz)(keep, e);
 #undef CE_TB
 #elif CE_K(CE_EXPN_CHEAP)
     const V shifter = VOP(set1)(CE_K(CE_SHIFTER));

@@ -558,4 +558,10 @@ static void CE_FN(vexpn)(const T *x, int64_t n, T *y)
     for (; i + VN <= n; i += VN) ST(y + i, VEXPN(LD(x + i)));
     if (i < n) STP(y + i, (int)(n - i), VEXPN(LDP(x + i, (int)(n - i))));
 }
+static void CE_FN(vexpn_nonpos)(const T *x, int64_t n, T *y)
+{
+    int64_t i = 0;
+    for (; i + VN <= n; i += VN) ST(y + i, VEXPN_NONPOS(LD(x + i)));
+    if (i < n) STP(y + i, (int)(n - i), VEXPN_NONPOS(LDP(x + i, (int)(n - i))));
+}
 #endif

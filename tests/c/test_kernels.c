@@ -917,6 +917,13 @@ static float f32_from_bits(uint32_t u)
     return f;
 }
 
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
 /* exp over floats in [lo, 0) or [0, hi) by bit pattern: log-uniform, every float with
  * stride 1. Returns the max ULP error; writes the worst x. */
 #define CHUNK 4096
@@ -1030,12 +1037,15 @@ static void test_exp(const isa_entry *isa, int exhaustive)
     check(tails_ok, "%s vexp tails", isa->name);
 }
 
-/* The softmax's exp (vexpn_f32): every float (exhaustive) or a sample in [-87, 0], in ULP of the
- * result; where results are at least 2^-24 (x >= -16.6, what a sum or a probability can tell
- * from 0 against the row's largest term, 1) on its own. */
-static void test_expn(const isa_entry *isa, int exhaustive)
+/* The softmax's exp, both forms (vexpn_f32, and vexpn_nonpos_f32 which pass 1 takes): every
+ * float (exhaustive) or a sample in [-87, 0], in ULP of the result; where results are at least
+ * 2^-24 (x >= -16.6, what a sum or a probability can tell from 0 against the row's largest
+ * term, 1) on its own. */
+static void test_expn_form(const isa_entry *isa, int exhaustive, int nonpos)
 {
     static float xs[CHUNK], ys[CHUNK];
+    void (*expn)(const float *, int64_t, float *) = nonpos ? isa->table->vexpn_nonpos_f32 : isa->table->vexpn_f32;
+    const char *form = nonpos ? " (x <= 0 form)" : "";
     const uint32_t stride = exhaustive ? 1 : 2039;
     double worst = 0, worst_big = 0;
     float wx = 0, wx_big = 0;
@@ -1043,23 +1053,59 @@ static void test_expn(const isa_entry *isa, int exhaustive)
     while (u < 0xC2AE0001u) { /* -0 to -87 */
         int m = 0;
         for (; m < CHUNK && u < 0xC2AE0001u; m++, u += stride) xs[m] = f32_from_bits((uint32_t)u);
-        isa->table->vexpn_f32(xs, m, ys);
+        expn(xs, m, ys);
         for (int i = 0; i < m; i++) {
             const double ref = exp((double)xs[i]), err = fabs((double)ys[i] - ref) / ulp_f32(ref);
             if (!(err <= worst)) worst = err, wx = xs[i];
             if (ref >= 0x1p-24 && !(err <= worst_big)) worst_big = err, wx_big = xs[i];
         }
     }
-    printf("%-8s softmax exp f32: max %.3f ULP over [-87, 0] (at %.9g), %.3f ULP where >= 2^-24 (at %.9g)%s\n",
-           isa->name, worst, (double)wx, worst_big, (double)wx_big, exhaustive ? ", every float" : "");
-    check(worst <= 6.0 && worst_big <= 3.0, "%s softmax exp max ULP %.3f / %.3f", isa->name, worst, worst_big);
-    const float sp[] = {-INFINITY, NAN, -0.0f, 0.0f, -1000.0f, 1e-7f};
-    float ysp[6];
-    isa->table->vexpn_f32(sp, 6, ysp);
-    check(ysp[0] == 0.0f && !signbit(ysp[0]) && isnan(ysp[1]) && ysp[2] == 1.0f && ysp[3] == 1.0f && ysp[4] == 0.0f &&
-              fabsf(ysp[5] - 1.0000001f) <= 0x1p-23f,
-          "%s softmax exp special values: %g %g %g %g %g %g", isa->name, ysp[0], ysp[1], ysp[2], ysp[3], ysp[4],
-          ysp[5]);
+    printf("%-8s softmax exp f32%s: max %.3f ULP over [-87, 0] (at %.9g), %.3f ULP where >= 2^-24 (at %.9g)%s\n",
+           isa->name, form, worst, (double)wx, worst_big, (double)wx_big, exhaustive ? ", every float" : "");
+    check(worst <= 6.0 && worst_big <= 3.0, "%s softmax exp%s max ULP %.3f / %.3f", isa->name, form, worst,
+          worst_big);
+    /* special values; the general form also a little above 0 (a backward from a given lse) and
+     * where the power of two overflows */
+    const float sp[] = {-INFINITY, NAN, -0.0f, 0.0f, -1000.0f, -88.0f, 1e-7f, 88.3f, 89.0f, INFINITY}; /* NEON overflows from 88.38 */
+    float ysp[10];
+    const int n_sp = nonpos ? 6 : 10;
+    expn(sp, n_sp, ysp);
+    int ok = ysp[0] == 0.0f && !signbit(ysp[0]) && isnan(ysp[1]) && ysp[2] == 1.0f && ysp[3] == 1.0f &&
+             ysp[4] == 0.0f && ysp[5] >= 0.0f && ysp[5] < 0x1p-126f; /* flushed or subnormal */
+    if (!nonpos)
+        ok = ok && fabsf(ysp[6] - 1.0000001f) <= 0x1p-23f && fabs(ysp[7] / exp((double)88.3f) - 1) <= 6 * 0x1p-24 &&
+             ysp[8] == INFINITY && ysp[9] == INFINITY;
+    check(ok, "%s softmax exp%s special values: %g %g %g %g %g %g", isa->name, form, ysp[0], ysp[1], ysp[2], ysp[3],
+          ysp[4], ysp[5]);
+    if (!nonpos)
+        check(ok, "%s softmax exp above 0: %.9g %.9g %g %g", isa->name, ysp[6], ysp[7], ysp[8], ysp[9]);
+}
+
+/* For x <= 0 both forms give the same bits: a gradient that takes exp(y - max) again (in place)
+ * must equal one made from pass 1's stored exponentials (out=). */
+static void test_expn_forms_agree(const isa_entry *isa, int exhaustive)
+{
+    static float xs[CHUNK], general[CHUNK], nonpos[CHUNK];
+    const uint32_t stride = exhaustive ? 1 : 1021;
+    int64_t differ = 0;
+    float first = 0;
+    for (uint64_t u = 0x80000000u; u < 0xFF800001u;) { /* -0 to -inf */
+        int m = 0;
+        for (; m < CHUNK && u < 0xFF800001u; m++, u += stride) xs[m] = f32_from_bits((uint32_t)u);
+        isa->table->vexpn_f32(xs, m, general);
+        isa->table->vexpn_nonpos_f32(xs, m, nonpos);
+        for (int i = 0; i < m; i++)
+            if (f32_bits(general[i]) != f32_bits(nonpos[i]) && differ++ == 0) first = xs[i];
+    }
+    check(differ == 0, "%s softmax exp: the two forms differ at %lld arguments <= 0 (first %.9g)", isa->name,
+          (long long)differ, (double)first);
+}
+
+static void test_expn(const isa_entry *isa, int exhaustive)
+{
+    test_expn_form(isa, exhaustive, 0);
+    test_expn_form(isa, exhaustive, 1);
+    test_expn_forms_agree(isa, exhaustive);
 }
 
 /* tanh through stats: with softcap 1 and one element, max is tanh(x) in the compute type. */
