@@ -42,13 +42,14 @@
  * ordinary stores were slower than streaming from an 8 MB gradient up: out=, float32,
  * 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms, 512x131072 33 vs 21 ms).
  * And only for rows of at least 4 KB where more than one thread writes, 8 KB where one does:
- * each streamed row has a line or two written with ordinary stores (the target's,
- * ce_segment_grad, and a partial last one), which the pipeline prefetches for writing a row
- * ahead (ce_prefetch_row_lines). Measured, out= float32: the Xeon VM, fused 65536x1024 (4 KB
- * rows) 43 -> 27 ms streamed, 2 KB rows no gain; Zen 5, 8 KB rows and up 18-35 % faster; 4 KB
- * rows (65536x1024) 20 % slower before those prefetches, and after them, alternated calls,
- * fused 0.74-1.01x the time on 2 threads (median 0.90x of eight runs) but 0.91-1.11x on one,
- * backward given the lse 0.87-0.96x on 2 threads but 1.07-1.36x on one. */
+ * each streamed row has a line or two written with ordinary stores (the target's outside the
+ * pipeline, ce_segment_grad, and a partial last one). Measured, out= float32: the Xeon VM,
+ * fused 65536x1024 (4 KB rows) 43 -> 27 ms streamed, 2 KB rows no gain; Zen 5, 8 KB rows and
+ * up 18-35 % faster; 4 KB rows (65536x1024), alternated calls, fused 0.74-1.01x the time on 2
+ * threads (median 0.90x of eight runs) but 0.91-1.11x on one, backward given the lse
+ * 0.87-0.96x on 2 threads but 1.07-1.36x on one. With the target streamed in the pipeline,
+ * lower limits were still slower (one thread: 4 KB rows fused best call 1.07x the time;
+ * 2 KB rows, 131072x512, fused 1.08-1.29x and backward 1.14-1.59x, medians of 9 rounds). */
 #define CE_STREAM_CACHE_CAP ((int64_t)32 << 20)
 #define CE_MIN_STREAM_ROW_BYTES 4096
 #define CE_MIN_STREAM_ROW_BYTES_ONE_THREAD 8192
@@ -334,13 +335,18 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
     return T;
 }
 
-/* tl: the target's element in the logits' row (its class is J->offset + tl). */
-static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t r, int64_t tl)
+/* The gradient of the target's element tl in the logits' row (its class is J->offset + tl), in
+ * double. */
+static double ce_target_grad(const ce_job *J, const ce_row_terms *T, int64_t tl)
 {
     const double p_t = exp(T->y_t - T->lse);
     const double w_t = ce_weight_at(J->dtype, J->a->weight, J->offset + tl);
-    const double g = (T->ca * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t;
-    ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, tl, g);
+    return (T->ca * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t;
+}
+
+static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t r, int64_t tl)
+{
+    ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, tl, ce_target_grad(J, T, tl));
 }
 
 /* The gradient of a row with no pass 1 (backward given lse_in) over [lo, hi): from the logits,
@@ -356,42 +362,44 @@ static void ce_grad_from_lse(const ce_job *J, int64_t r, int64_t next_r, int64_t
 /* A whole row whose gradient is still to be written: pass 2 of row r runs during pass 1 of the
  * thread's next row (ce_stats_grad), so that its stores drain while that row's exps compute. */
 typedef struct ce_pending {
-    int64_t r, t; /* t: the class whose element ce_write_target_grad rewrites, or -1 */
+    int64_t r, t; /* t: the target's element in the row, or -1 */
     ce_row_terms T;
     const char *e;
     const ce_stats *st;
     int pending;
 } ce_pending;
 
-/* The pending row's gradient is written: its target element last. */
-static void ce_pending_done(const ce_job *J, ce_pending *p)
-{
-    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
-    p->pending = 0;
-}
-
-/* Row p->r's gradient on its own (the thread's last row, or before a row without pass 1). */
+/* Row p->r's gradient on its own (the thread's last row, or before a row without pass 1): its
+ * target element last. */
 static void ce_pending_flush(const ce_job *J, ce_pending *p)
 {
     if (!p->pending) return;
     ce_chunks_grad(J, p->r, -1, 0, J->chunks, p->e, p->st, p->t, &p->T);
-    ce_pending_done(J, p);
+    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
+    p->pending = 0;
 }
 
-/* Chunk c of the pending row's gradient, to be written alongside a pass 1 (kernels.h). */
+/* Chunk c of the pending row's gradient, to be written alongside a pass 1 (kernels.h), its
+ * target element among the rest: a whole row streamed, where rewriting that element after
+ * the streamed stores would read its line back from memory. Fused out= float32, Zen 5,
+ * alternated calls, against ordinary stores over that line (prefetched for writing a row
+ * ahead) and the rewrite: 2 threads AVX-512 1.46x the speed at 65536x1024, 1.34x at
+ * 32768x2048, 1.22x at 16384x4096, 1.08x at 4096x32000 (AVX2 1.41/1.32/1.18/1.08x); one
+ * thread 1.35x at 32768x2048, 1.19x at 16384x4096 (medians of 7-11 rounds). */
 static ce_grad_along ce_pending_along(const ce_job *J, const ce_pending *p, int64_t c)
 {
     const fusedce_ce_args *a = J->a;
     const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
     const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
-    /* ordinary stores over the line of the pending row's target, which it rewrites */
-    int64_t plo = 0, phi = 0;
-    if (J->stream && p->t >= lo && p->t < hi) {
-        plo = p->t - lo - (int64_t)(((uintptr_t)a->grad + ce_offset(J, p->r, p->t)) & 63) / (int64_t)J->es;
-        phi = plo + 64 / (int64_t)J->es;
+    const int here = p->t >= lo && p->t < hi;
+    double tv = 0.0;
+    if (here) { /* the value ce_write_target_grad would store, read back */
+        char stored[8];
+        ce_store(J->dtype, stored, 0, ce_target_grad(J, &p->T, p->t));
+        tv = ce_load(J->dtype, stored, 0);
     }
     const ce_grad_along along = {p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
-                                 p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, plo, phi,
+                                 p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, here ? p->t - lo : -1, tv,
                                  (char *)a->grad + ce_offset(J, p->r, lo)};
     return along;
 }
@@ -410,7 +418,7 @@ static void ce_chunks_stats_grad(const ce_job *J, int64_t r, int64_t next_r, cha
         const ce_grad_along along = ce_pending_along(J, p, c);
         J->k->stats_grad(x, hi - lo, next, ce_weight_from(J, lo), want_wsum, e + (size_t)lo * J->wes, &st[c], &along);
     }
-    ce_pending_done(J, p);
+    p->pending = 0;
 }
 
 /* A thread's run of rows [.., end) with J->ahead: the max of the row after the one in pass 1
@@ -494,18 +502,16 @@ static char *ce_row_pass1(const ce_job *J, const ce_row_head *h, int64_t r, int6
     return e;
 }
 
-/* Streamed, the lines of whole row r's target (tl: its element, or -1) and of its end where
- * that is not on a line boundary take ordinary stores (ce_segment_grad, the kernels' tails),
- * whose reads for ownership would hold up the streamed stores behind them: the pipeline asks
- * for them (a prefetch for writing) a row before it writes them. Fused out= float32 (NumPy's
- * arrays start 16 bytes past a line), Zen 5, alternated calls: the target's line 32768x2048
- * 10-16 % faster (1 and 2 threads), 16384x4096 1-5 %, 4096x32000 no change; the end's a
- * further 6 % at 32768x2048. Rows without the pipeline (backward given the lse) measured no
- * gain from it (65536x1024, 0.87-0.96x streamed with it or without). */
-static void ce_prefetch_row_lines(const ce_job *J, int64_t r, int64_t tl)
+/* Streamed, the line of whole row r's end where that is not on a line boundary takes ordinary
+ * stores (the kernels' tails), whose read for ownership would hold up the streamed stores
+ * behind it: the pipeline asks for it (a prefetch for writing) a row before it writes it.
+ * Fused out= float32 (NumPy's arrays start 16 bytes past a line), Zen 5, alternated calls:
+ * 6 % faster at 32768x2048. (The target's line, once written likewise, is now streamed with
+ * the rest: ce_pending_along.) Rows without the pipeline (backward given the lse) measured no
+ * gain from such prefetches (65536x1024, 0.87-0.96x streamed with them or without). */
+static void ce_prefetch_row_end(const ce_job *J, int64_t r)
 {
-    const char *g = (const char *)J->a->grad, *g_end = g + ce_offset(J, r + 1, 0);
-    if (tl >= 0) __builtin_prefetch(g + ce_offset(J, r, tl), 1, 3);
+    const char *g_end = (const char *)J->a->grad + ce_offset(J, r + 1, 0);
     if ((uintptr_t)g_end & 63) __builtin_prefetch(g_end - 1, 1, 3);
 }
 
@@ -535,7 +541,7 @@ static void ce_row_end(const ce_job *J, const ce_row_head *h, int64_t r, int64_t
     if (a->grad) {
         const int64_t t_here = h->owner ? h->tl : -1;
         if (pend && h->need_stats) { /* written during the next row's pass 1 */
-            if (J->stream) ce_prefetch_row_lines(J, r, t_here);
+            if (J->stream) ce_prefetch_row_end(J, r);
             *pend = (ce_pending){r, t_here, T, e, st, 1};
             return;
         }

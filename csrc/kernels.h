@@ -82,13 +82,15 @@ typedef void (*ce_grad_exp_fn)(const void *e, const void *q, int64_t n, const vo
 
 /* An earlier row's chunk of gradient of the same n classes, written alongside a pass 1
  * (ce_stats_grad_fn) from its kept exponentials pe: g_j = a*pe_j - w_j*b0
- * (w NULL: 1), streamed when `stream` but over [plo, phi) (ordinary stores: the line its
- * caller rewrites an element of). */
+ * (w NULL: 1), streamed when `stream`; but g_t = tv where 0 <= t < n (the target's element,
+ * which the caller computes in double: tv already rounded to the storage type), so that no
+ * element is rewritten after a streamed store. */
 typedef struct ce_grad_along {
     const void *pe, *w;
     double a, b0;
     int stream;
-    int64_t plo, phi;
+    int64_t t;
+    double tv;
     void *g;
 } ce_grad_along;
 

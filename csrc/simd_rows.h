@@ -53,13 +53,14 @@ CE_INLINE CT CE_FN(stats_max)(const T *x, int64_t n, CT *e, V cap, V inv_cap, co
 typedef struct {
     const CT *pe, *w;
     T *g;
-    int64_t n, j, plo, phi;
+    int64_t n, j, t;
+    CT tv;
     V a, b0;
 } CE_FN(writer);
 
 CE_INLINE CE_FN(writer) CE_FN(writer_of)(const ce_grad_along *al, int64_t n)
 {
-    const CE_FN(writer) wr = {(const CT *)al->pe, (const CT *)al->w, (T *)al->g, n, 0, al->plo, al->phi,
+    const CE_FN(writer) wr = {(const CT *)al->pe, (const CT *)al->w, (T *)al->g, n, 0, al->t, (CT)al->tv,
                               VOP(set1)((CT)al->a), VOP(set1)((CT)al->b0)};
     return wr;
 }
@@ -70,10 +71,16 @@ CE_INLINE void CE_FN(write_vec)(CE_FN(writer) *wr, int m, const int weighted, co
     const int64_t j = wr->j;
     const V pe = m == VN ? LDC(wr->pe + j) : LDCP(wr->pe + j, m);
     const V bw = weighted ? VOP(mul)(wr->b0, m == VN ? LDC(wr->w + j) : LDCP(wr->w + j, m)) : wr->b0;
-    const V v = VOP(fms)(wr->a, pe, bw);
+    V v = VOP(fms)(wr->a, pe, bw);
+    if (wr->t >= j && wr->t < j + m) { /* once a row: the target's element, through memory */
+        CT lanes[VN];
+        STC(lanes, v);
+        lanes[wr->t - j] = wr->tv;
+        v = LDC(lanes);
+    }
     wr->j = j + m;
 #if CE_HAVE_STREAM
-    if (stream && m == VN && (j + VN <= wr->plo || j >= wr->phi)) {
+    if (stream && m == VN) {
         STNT(wr->g + j, v);
         return;
     }

@@ -469,14 +469,16 @@ static void test_stats_grad_case(const isa_entry *isa, int dt, int64_t n, int we
     isa->table->k[dt].stats(pb.p, n, NULL, 0.0, NULL, 0, pe.p, &prev);
     const void *w = weighted ? wb.p : NULL;
     const double a = rng_uniform(0.1, 2.0), b0 = weighted ? rng_uniform(-0.2, 0.2) : 0.0;
-    /* a plain range somewhere (the target's line), or none */
-    const int64_t plo = n ? (int64_t)(rng_next() % (uint64_t)n) : 0, phi = rng_next() % 2 ? plo + 16 : plo;
-    const ce_grad_along along = {pe.p, w, a, b0, stream, plo, phi, g1.p};
+    /* an element given its value (the target's) somewhere, or none; -0.375 is exact in every
+     * storage type */
+    const int64_t t = n && rng_next() % 2 ? (int64_t)(rng_next() % (uint64_t)n) : -1;
+    const ce_grad_along along = {pe.p, w, a, b0, stream, t, -0.375, g1.p};
     isa->table->k[dt].stats_grad(xb.p, n, NULL, wb.p, want_wsum, e1.p, &got, &along);
     ce_stream_fence();
     isa->table->k[dt].stats(xb.p, n, NULL, 0.0, wb.p, want_wsum, e2.p, &want);
     isa->table->k[dt].grad_exp(pe.p, NULL, n, NULL, w, a, 0.0, b0, stream, g2.p);
     ce_stream_fence();
+    if (t >= 0) set_elem(dt, g2.p, t, -0.375);
     char what[200];
     snprintf(what, sizeof what, "%s stats_grad %s n=%lld w=%d wsum=%d stream=%d off=%zu special=%s", isa->name,
              dtype_name[dt], (long long)n, weighted, want_wsum, stream, offset, special_name[special]);
