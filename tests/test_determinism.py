@@ -145,19 +145,26 @@ def test_a_streamed_gradient_gives_the_bits_of_a_cached_one(isa, restore_threads
     """The gradient of a large call goes out through streaming stores (logits and gradient past
     32 MB, rows of 16 KB, and of 4 KB on Intel; csrc/ce_driver.c), that of 16 rows through
     ordinary ones: the same bits, also into an `out=` that starts one element past a cache line
-    (the streamed part then begins after a head of ordinary stores)."""
+    (the streamed part then begins after a head of ordinary stores). The pipeline streams the
+    target's element in a lane of its vectors, the other paths rewrite it after ordinary stores
+    over its line; the backward given the lse streams too."""
     x, target, kwargs = _case(shape[0], shape[1], np.dtype("float32"), option)
     fusedce.set_num_threads(2)
     backing = np.empty(x.size + 16, dtype=np.float32)
     shifted = backing[1:1 + x.size].reshape(x.shape)
     loss, grad = fusedce.cross_entropy_with_grad(x, target, reduction="none", **kwargs)
     fusedce.cross_entropy_with_grad(x, target, reduction="none", out=shifted, **kwargs)
+    _, lse = fusedce.cross_entropy_forward(x, target, reduction="none", **kwargs)
+    backward = fusedce.cross_entropy_backward(x, target, lse, reduction="none", **kwargs)
     for first in range(0, shape[0], 16):
         rows = slice(first, first + 16)
         part_loss, part_grad = fusedce.cross_entropy_with_grad(x[rows], target[rows], reduction="none", **kwargs)
         _assert_same_bits({"loss": part_loss, "grad": part_grad}, {"loss": loss[rows], "grad": grad[rows]},
                           f"{isa} {shape} {option}: rows {first}.. against the whole call")
         _assert_same_bits({"grad": shifted[rows]}, {"grad": part_grad}, f"{isa} {shape} {option}: shifted out=")
+        part_backward = fusedce.cross_entropy_backward(x[rows], target[rows], lse[rows], reduction="none", **kwargs)
+        _assert_same_bits({"grad": backward[rows]}, {"grad": part_backward},
+                          f"{isa} {shape} {option}: backward given the lse, rows {first}..")
 
 
 @pytest.mark.parametrize("classes", [1000, 20000])
