@@ -79,6 +79,14 @@ static void ce_store(int dtype, void *p, int64_t i, double v)
 /* A value exactly representable in the compute type (float unless f64). */
 static double ce_to_compute(int dtype, double v) { return dtype == FUSEDCE_F64 ? v : (double)(float)v; }
 
+/* v as ce_store stores it, read back (exactly representable in the compute type). */
+static double ce_to_storage(int dtype, double v)
+{
+    char stored[8];
+    ce_store(dtype, stored, 0, v);
+    return ce_load(dtype, stored, 0);
+}
+
 static double ce_weight_at(int dtype, const void *w, int64_t k)
 {
     if (!w) return 1.0;
@@ -392,12 +400,8 @@ static ce_grad_along ce_pending_along(const ce_job *J, const ce_pending *p, int6
     const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
     const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
     const int here = p->t >= lo && p->t < hi;
-    double tv = 0.0;
-    if (here) { /* the value ce_write_target_grad would store, read back */
-        char stored[8];
-        ce_store(J->dtype, stored, 0, ce_target_grad(J, &p->T, p->t));
-        tv = ce_load(J->dtype, stored, 0);
-    }
+    /* the value ce_write_target_grad would store */
+    const double tv = here ? ce_to_storage(J->dtype, ce_target_grad(J, &p->T, p->t)) : 0.0;
     const ce_grad_along along = {p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
                                  p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, here ? p->t - lo : -1, tv,
                                  (char *)a->grad + ce_offset(J, p->r, lo)};

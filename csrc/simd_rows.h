@@ -72,7 +72,7 @@ CE_INLINE void CE_FN(write_vec)(CE_FN(writer) *wr, int m, const int weighted, co
     const V pe = m == VN ? LDC(wr->pe + j) : LDCP(wr->pe + j, m);
     const V bw = weighted ? VOP(mul)(wr->b0, m == VN ? LDC(wr->w + j) : LDCP(wr->w + j, m)) : wr->b0;
     V v = VOP(fms)(wr->a, pe, bw);
-    if (wr->t >= j && wr->t < j + m) { /* once a row: the target's element, through memory */
+    if (wr->t >= j && wr->t < j + m) { /* once a row: the target's value into its lane, via a stack copy */
         CT lanes[VN];
         STC(lanes, v);
         lanes[wr->t - j] = wr->tv;
@@ -559,16 +559,14 @@ static void CE_FN(vexp)(const T *x, int64_t n, T *y)
 }
 #endif
 #ifdef CE_ROWS_VEXPN
-static void CE_FN(vexpn)(const T *x, int64_t n, T *y)
+CE_INLINE void CE_FN(vexpn_form)(const T *x, int64_t n, T *y, const int nonpos)
 {
+#define CE_EXPN_OF(v) (nonpos ? VEXPN_NONPOS(v) : VEXPN(v))
     int64_t i = 0;
-    for (; i + VN <= n; i += VN) ST(y + i, VEXPN(LD(x + i)));
-    if (i < n) STP(y + i, (int)(n - i), VEXPN(LDP(x + i, (int)(n - i))));
+    for (; i + VN <= n; i += VN) ST(y + i, CE_EXPN_OF(LD(x + i)));
+    if (i < n) STP(y + i, (int)(n - i), CE_EXPN_OF(LDP(x + i, (int)(n - i))));
+#undef CE_EXPN_OF
 }
-static void CE_FN(vexpn_nonpos)(const T *x, int64_t n, T *y)
-{
-    int64_t i = 0;
-    for (; i + VN <= n; i += VN) ST(y + i, VEXPN_NONPOS(LD(x + i)));
-    if (i < n) STP(y + i, (int)(n - i), VEXPN_NONPOS(LDP(x + i, (int)(n - i))));
-}
+static void CE_FN(vexpn)(const T *x, int64_t n, T *y) { CE_FN(vexpn_form)(x, n, y, 0); }
+static void CE_FN(vexpn_nonpos)(const T *x, int64_t n, T *y) { CE_FN(vexpn_form)(x, n, y, 1); }
 #endif
