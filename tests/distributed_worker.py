@@ -10,7 +10,9 @@ Collectives are counted with torch's CommDebugMode (every c10d op, at the dispat
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -346,12 +348,31 @@ class Battery:
                           lambda: vp(mine, t, vocab_start=0, vocab_size=4 * world))
 
 
-def main(rank, world, port, outdir):
+def _join(rank, world, port):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     # a stuck collective fails the test instead of hanging it
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+
+
+def _save(result, outdir, rank):
+    path = os.path.join(outdir, f"rank{rank}.pt")
+    torch.save(result, path + ".part")
+    os.replace(path + ".part", path)  # whole or absent, even if the rank is killed while saving
+
+
+def _leave():
+    """Exit without the interpreter's finalization: once in a CI run a rank whose work was done
+    aborted there (std::terminate in torch's C++ teardown) and failed the test."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def main(rank, world, port, outdir):
+    faulthandler.enable()  # a rank killed by a signal prints its Python stack to the test's stderr
+    _join(rank, world, port)
     battery = Battery(rank, world)
     try:
         battery.options_and_dtypes()
@@ -362,7 +383,21 @@ def main(rank, world, port, outdir):
         battery.data_parallel()
         battery.groups()
         battery.bad_input()
-        torch.save({"losses": battery.losses, "errors": battery.errors}, os.path.join(outdir, f"rank{rank}.pt"))
+        _save({"losses": battery.losses, "errors": battery.errors}, outdir, rank)
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    _leave()
+
+
+def abort_in_teardown(rank, world, port, outdir, before_saving):
+    """The harness's own check: rank 1 aborts after (or before) every rank saved its result."""
+    _join(rank, world, port)
+    if rank == 1 and before_saving:
+        os.abort()
+    _save({"rank": rank}, outdir, rank)
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 1:
+        os.abort()
+    _leave()
