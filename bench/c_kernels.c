@@ -49,7 +49,7 @@ static void run_stats(const ce_kernels *k, void *x, void *g, void *w, int64_t n,
 }
 static void run_grad(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
 {
-    for (int r = 0; r < reps; r++) k->grad(x, n, NULL, 0.0, w, 0.5, 0.7, 0.2, 0, g);
+    for (int r = 0; r < reps; r++) k->grad(x, n, NULL, 0.0, w, 0.5, 0.7, 0.2, 0, -1, 0.0, g);
 }
 static void run_shift(const ce_kernels *k, void *x, void *g, void *w, int64_t n, int reps)
 {
@@ -143,7 +143,7 @@ int main(int argc, char **argv)
                     ce_stats s;
                     k->stats(X + r * K, K, r + 1 < rows ? X + (r + 1) * K : NULL, 0.0, NULL, 0, E, &s);
                     k->grad_exp(E, NULL, K, r + 1 < rows ? X + (r + 1) * K : NULL, NULL, 1.0 / s.sum, 0.0, 0.0,
-                                stream, G + r * K);
+                                stream, -1, 0.0, G + r * K);
                 }
                 if (stream) ce_stream_fence();
                 tt[run] = now() - t0;

@@ -6,8 +6,9 @@
  * when the gradient overwrites them) and their sum; the chunks' statistics are merged in chunk
  * order. Pass 2 writes the gradient from the kept exponentials (each exp taken once; under a
  * softcap it is taken again, identically), scaled per chunk. The target element of the gradient
- * is then rewritten from a double-precision scalar computation, so it never depends on a vector
- * rounding and half-precision gradients get it computed in (at least) float32.
+ * comes from a double-precision scalar computation instead, put into its lane of the vector
+ * stored, so it never depends on a vector rounding and half-precision gradients get it computed
+ * in (at least) float32.
  *
  * Deterministic: a row's results depend on its chunks only, which are the same whether the row
  * is alone or in a batch of any size and whatever the thread count, so results are bitwise
@@ -42,12 +43,12 @@
  * ordinary stores were slower than streaming from an 8 MB gradient up: out=, float32,
  * 2 threads, 16x131072 1.19 vs 1.05 ms, 1024x16384 8.3 vs 5.1 ms, 512x131072 33 vs 21 ms).
  * And only for rows of at least 4 KB where more than one thread writes, 8 KB where one does:
- * each streamed row has a line or two written with ordinary stores (the target's outside the
- * pipeline, ce_segment_grad, and a partial last one). Measured, out= float32: the Xeon VM,
- * fused 65536x1024 (4 KB rows) 43 -> 27 ms streamed, 2 KB rows no gain; Zen 5, 8 KB rows and
- * up 18-35 % faster; 4 KB rows (65536x1024), alternated calls, fused 0.74-1.01x the time on 2
- * threads (median 0.90x of eight runs) but 0.91-1.11x on one, backward given the lse
- * 0.87-0.96x on 2 threads but 1.07-1.36x on one. With the target streamed in the pipeline,
+ * each streamed row has a line written with ordinary stores (a partial last one; before the
+ * target's element was put in its lane, the target's line too). Measured, out= float32: the
+ * Xeon VM, fused 65536x1024 (4 KB rows) 43 -> 27 ms streamed, 2 KB rows no gain; Zen 5, 8 KB
+ * rows and up 18-35 % faster; 4 KB rows (65536x1024), alternated calls, fused 0.74-1.01x the
+ * time on 2 threads (median 0.90x of eight runs) but 0.91-1.11x on one, backward given the
+ * lse 0.87-0.96x on 2 threads but 1.07-1.36x on one. With the target streamed in the pipeline,
  * lower limits were still slower (one thread: 4 KB rows fused best call 1.07x the time;
  * 2 KB rows, 131072x512, fused 1.08-1.29x and backward 1.14-1.59x, medians of 9 rounds). */
 #define CE_STREAM_CACHE_CAP ((int64_t)32 << 20)
@@ -236,10 +237,24 @@ static void ce_merge_chunks(const ce_stats *st, int64_t chunks, ce_stats *row)
     }
 }
 
+/* The gradient of the target's element tl in the logits' row (its class is J->offset + tl),
+ * computed in double and rounded to the storage type, as the kernels put it in its lane. */
+static double ce_target_grad(const ce_job *J, const ce_row_terms *T, int64_t tl)
+{
+    const double p_t = exp(T->y_t - T->lse);
+    const double w_t = ce_weight_at(J->dtype, J->a->weight, J->offset + tl);
+    return ce_to_storage(J->dtype, (T->ca * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t);
+}
+
 /* The gradient over [lo, hi) of row r, streamed or not: from the exponentials e (relative to
- * shift) where given, else from the logits; a multiplies exp(y - shift). */
-static void ce_grad_piece(const ce_job *J, int64_t r, const char *next, int64_t lo, int64_t hi, int stream,
-                          double shift, double a, const char *e, const ce_row_terms *T)
+ * shift) where given, else from the logits; a multiplies exp(y - shift). t: the row's class
+ * whose element gets its own value (ce_target_grad) in its lane, or -1: the row streams in one
+ * call, where ordinary stores over the target's line between two streamed pieces and a
+ * rewrite of its element after them cost a call's worth or two a row (backward given the lse,
+ * out= float32, Zen 5, alternated calls, 2 threads: AVX-512 1.05-1.19x the speed from
+ * 4096x32000 to 32768x2048, AVX2 1.03-1.12x; one thread 1.12-1.22x; docs/performance.md). */
+static void ce_segment_grad(const ce_job *J, int64_t r, const char *next, int64_t lo, int64_t hi, int64_t t,
+                            double shift, double a, const char *e, const ce_row_terms *T)
 {
     if (hi <= lo) return;
     const fusedce_ce_args *a_ = J->a;
@@ -249,35 +264,14 @@ static void ce_grad_piece(const ce_job *J, int64_t r, const char *next, int64_t 
     char *g = (char *)a_->grad + off;
     /* the class weights enter hard targets' gradients only where smoothing spreads them */
     const void *w = q || T->b0 != 0 ? ce_weight_from(J, lo) : NULL;
+    const int64_t tl = t >= lo && t < hi ? t - lo : -1;
+    const double tv = tl >= 0 ? ce_target_grad(J, T, t) : 0.0;
     if (e)
-        J->k->grad_exp(e, q, hi - lo, next, w, a, T->bq, T->b0, stream, g);
+        J->k->grad_exp(e, q, hi - lo, next, w, a, T->bq, T->b0, J->stream, tl, tv, g);
     else if (q)
-        J->grad_soft(x, q, hi - lo, a_->softcap, w, shift, a, T->bq, T->b0, stream, g);
+        J->grad_soft(x, q, hi - lo, a_->softcap, w, shift, a, T->bq, T->b0, J->stream, g);
     else
-        J->k->grad(x, hi - lo, next, a_->softcap, w, shift, a, T->b0, stream, g);
-}
-
-/* The gradient over [lo, hi) of row r; t: the class whose element ce_write_target_grad rewrites
- * afterwards, or -1. With streaming stores, the 64-byte line holding t is written with ordinary
- * stores: rewriting one element of a line just streamed to memory would read the whole line
- * back (a stall per row that costs more than short rows take). */
-static void ce_segment_grad(const ce_job *J, int64_t r, const char *next, int64_t lo, int64_t hi, int64_t t,
-                            double shift, double a, const char *e, const ce_row_terms *T)
-{
-    if (!J->stream || t < lo || t >= hi) {
-        ce_grad_piece(J, r, next, lo, hi, J->stream, shift, a, e, T);
-        return;
-    }
-    const int64_t per_line = 64 / (int64_t)J->es;
-    const uintptr_t t_addr = (uintptr_t)((const char *)J->a->grad + ce_offset(J, r, t));
-    int64_t line_lo = t - (int64_t)((t_addr & 63) / J->es), line_hi = line_lo + per_line;
-    line_lo = line_lo < lo ? lo : line_lo;
-    line_hi = line_hi > hi ? hi : line_hi;
-#define CE_E_AT(i) (e ? e + (size_t)((i) - lo) * J->wes : NULL)
-    ce_grad_piece(J, r, next, lo, line_lo, 1, shift, a, CE_E_AT(lo), T);
-    ce_grad_piece(J, r, next, line_lo, line_hi, 0, shift, a, CE_E_AT(line_lo), T);
-    ce_grad_piece(J, r, next, line_hi, hi, 1, shift, a, CE_E_AT(line_hi), T);
-#undef CE_E_AT
+        J->k->grad(x, hi - lo, next, a_->softcap, w, shift, a, T->b0, J->stream, tl, tv, g);
 }
 
 /* Pass 2 over chunks [c0, c1) of row r, each scaled by its own max: p_j = e_j * exp(m_c - lse).
@@ -343,20 +337,6 @@ static ce_row_terms ce_terms(const ce_job *J, int64_t r, int64_t t, double y_t, 
     return T;
 }
 
-/* The gradient of the target's element tl in the logits' row (its class is J->offset + tl), in
- * double. */
-static double ce_target_grad(const ce_job *J, const ce_row_terms *T, int64_t tl)
-{
-    const double p_t = exp(T->y_t - T->lse);
-    const double w_t = ce_weight_at(J->dtype, J->a->weight, J->offset + tl);
-    return (T->ca * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t;
-}
-
-static void ce_write_target_grad(const ce_job *J, const ce_row_terms *T, int64_t r, int64_t tl)
-{
-    ce_store(J->dtype, (char *)J->a->grad + (size_t)r * (size_t)J->a->classes * J->es, tl, ce_target_grad(J, T, tl));
-}
-
 /* The gradient of a row with no pass 1 (backward given lse_in) over [lo, hi): from the logits,
  * relative to the lse rounded to the compute type (exactly representable). */
 static void ce_grad_from_lse(const ce_job *J, int64_t r, int64_t next_r, int64_t lo, int64_t hi, int64_t t,
@@ -377,13 +357,11 @@ typedef struct ce_pending {
     int pending;
 } ce_pending;
 
-/* Row p->r's gradient on its own (the thread's last row, or before a row without pass 1): its
- * target element last. */
+/* Row p->r's gradient on its own (the thread's last row, or before a row without pass 1). */
 static void ce_pending_flush(const ce_job *J, ce_pending *p)
 {
     if (!p->pending) return;
     ce_chunks_grad(J, p->r, -1, 0, J->chunks, p->e, p->st, p->t, &p->T);
-    if (p->t >= 0) ce_write_target_grad(J, &p->T, p->r, p->t);
     p->pending = 0;
 }
 
@@ -400,8 +378,7 @@ static ce_grad_along ce_pending_along(const ce_job *J, const ce_pending *p, int6
     const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
     const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
     const int here = p->t >= lo && p->t < hi;
-    /* the value ce_write_target_grad would store */
-    const double tv = here ? ce_to_storage(J->dtype, ce_target_grad(J, &p->T, p->t)) : 0.0;
+    const double tv = here ? ce_target_grad(J, &p->T, p->t) : 0.0;
     const ce_grad_along along = {p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
                                  p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, here ? p->t - lo : -1, tv,
                                  (char *)a->grad + ce_offset(J, p->r, lo)};
@@ -511,7 +488,7 @@ static char *ce_row_pass1(const ce_job *J, const ce_row_head *h, int64_t r, int6
  * behind it: the pipeline asks for it (a prefetch for writing) a row before it writes it.
  * Fused out= float32 (NumPy's arrays start 16 bytes past a line), Zen 5, alternated calls:
  * 6 % faster at 32768x2048. (The target's line, once written likewise, is now streamed with
- * the rest: ce_pending_along.) Rows without the pipeline (backward given the lse) measured no
+ * the rest: ce_pending_along, ce_segment_grad.) Rows without the pipeline (backward given the lse) measured no
  * gain from such prefetches (65536x1024, 0.87-0.96x streamed with them or without). */
 static void ce_prefetch_row_end(const ce_job *J, int64_t r)
 {
@@ -551,7 +528,6 @@ static void ce_row_end(const ce_job *J, const ce_row_head *h, int64_t r, int64_t
         }
         if (h->need_stats) ce_chunks_grad(J, r, next_r, c0, c1, e, st, t_here, &T);
         else ce_grad_from_lse(J, r, next_r, lo, hi, t_here, &T);
-        if (t_here >= 0) ce_write_target_grad(J, &T, r, t_here);
     }
 }
 
@@ -808,7 +784,8 @@ static void ce_softmax_row(const ce_kernels *k, int dtype, int mode, int64_t r, 
         for (int64_t c = 0; c < chunks; c++) {
             const int64_t lo = c * CE_CHUNK, n = c + 1 < chunks ? CE_CHUNK : K - lo;
             const double ref = st[c].max == -INFINITY ? 0.0 : st[c].max;
-            k->grad_exp(e + (size_t)lo * wes, NULL, n, NULL, NULL, exp(ref - lse), 0.0, 0.0, 0, o + (size_t)lo * es);
+            k->grad_exp(e + (size_t)lo * wes, NULL, n, NULL, NULL, exp(ref - lse), 0.0, 0.0, 0, -1, 0.0,
+                        o + (size_t)lo * es);
         }
     } else if (mode == FUSEDCE_LOG_SOFTMAX) {
         k->shift(x, K, row.max, log_s, o);

@@ -71,7 +71,7 @@ static void CE_FN(ce_stats)(const void *xv, int64_t n, const void *next, double 
 }
 
 static void CE_FN(ce_grad_exp)(const void *ev, const void *qv, int64_t n, const void *next, const void *wv,
-                               double a, double bq, double b0, int stream, void *gv)
+                               double a, double bq, double b0, int stream, int64_t t, double tv, void *gv)
 {
     (void)next;
     (void)stream;
@@ -81,11 +81,12 @@ static void CE_FN(ce_grad_exp)(const void *ev, const void *qv, int64_t n, const 
     const C ca = (C)a, cbq = (C)bq, cb0 = (C)b0;
     for (int64_t j = 0; j < n; j++)
         STORE(g + j, ca * e[j] - (w ? w[j] : (C)1) * (q ? cbq * LOAD(q + j) + cb0 : cb0));
+    if (t >= 0 && t < n) STORE(g + t, (C)tv);
 }
 
 static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap,
                            const void *wv, double shift, double a, double b, int stream,
-                           void *gv)
+                           int64_t t, double tv, void *gv)
 {
     (void)next;
     (void)stream; /* the portable path leaves stores and prefetches to the compiler */
@@ -108,6 +109,7 @@ static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double s
         C v = ca * EXP(y - cs) - cb * (w ? w[j] : (C)1);
         STORE(g + j, v * d);
     }
+    if (t >= 0 && t < n) STORE(g + t, (C)tv); /* in place, x_t was read at j = t */
 }
 
 static void CE_FN(ce_shift)(const void *xv, int64_t n, double shift, double c, void *ov)

@@ -55,10 +55,12 @@ typedef void (*ce_stats_fn)(const void *x, int64_t n, const void *next, double s
  * y_j - shift loses nothing. g may equal x (in place). stream != 0 asks for non-temporal
  * stores (the gradient is larger than the last-level cache); they are weakly ordered, and the
  * caller issues one ce_stream_fence() after its last streamed row (a fence per row stalls
- * short rows on the write-combining buffers). */
+ * short rows on the write-combining buffers). But g_t = tv where 0 <= t < n (the target's
+ * element, which the caller computes in double: tv already rounded to the storage type), put
+ * into its lane so that no element is rewritten after a streamed store; t < 0: none. */
 typedef void (*ce_grad_fn)(const void *x, int64_t n, const void *next, double softcap,
                            const void *weight, double shift, double a, double b, int stream,
-                           void *g);
+                           int64_t t, double tv, void *g);
 
 /* log_softmax: out_j = (x_j - shift) - c; out may equal x. */
 typedef void (*ce_shift_fn)(const void *x, int64_t n, double shift, double c, void *out);
@@ -75,16 +77,15 @@ typedef void (*ce_grad_soft_fn)(const void *x, const void *q, int64_t n, double 
 
 /* Pass 2 from pass 1's exponentials e (uncapped rows), so that each exp is taken once:
  * g_j = a*e_j - w_j*(bq*q_j + b0) with soft targets q, g_j = a*e_j - w_j*b0 without (q NULL);
- * w_j = weight ? weight[j] : 1. `next` and `stream` as for ce_grad_fn; g may not overlap e. */
+ * w_j = weight ? weight[j] : 1. `next`, `stream`, t and tv as for ce_grad_fn; g may not
+ * overlap e. */
 typedef void (*ce_grad_exp_fn)(const void *e, const void *q, int64_t n, const void *next,
                                const void *weight, double a, double bq, double b0, int stream,
-                               void *g);
+                               int64_t t, double tv, void *g);
 
 /* An earlier row's chunk of gradient of the same n classes, written alongside a pass 1
  * (ce_stats_grad_fn) from its kept exponentials pe: g_j = a*pe_j - w_j*b0
- * (w NULL: 1), streamed when `stream`; but g_t = tv where 0 <= t < n (the target's element,
- * which the caller computes in double: tv already rounded to the storage type), so that no
- * element is rewritten after a streamed store. */
+ * (w NULL: 1), streamed when `stream`; g_t = tv where 0 <= t < n, as for ce_grad_fn. */
 typedef struct ce_grad_along {
     const void *pe, *w;
     double a, b0;

@@ -65,19 +65,24 @@ CE_INLINE CE_FN(writer) CE_FN(writer_of)(const ce_grad_along *al, int64_t n)
     return wr;
 }
 
+/* v, the gradient's elements from j on, with the target's (t, below j + VN and n) set to tv:
+ * once a row, via a stack copy. */
+CE_INLINE V CE_FN(with_target)(V v, int64_t j, int64_t t, CT tv)
+{
+    if ((uint64_t)(t - j) >= (uint64_t)VN) return v; /* t < j (or none, t < 0) or beyond */
+    CT lanes[VN];
+    STC(lanes, v);
+    lanes[t - j] = tv;
+    return LDC(lanes);
+}
+
 /* The writer's next m elements (a whole vector when m == VN). */
 CE_INLINE void CE_FN(write_vec)(CE_FN(writer) *wr, int m, const int weighted, const int stream)
 {
     const int64_t j = wr->j;
     const V pe = m == VN ? LDC(wr->pe + j) : LDCP(wr->pe + j, m);
     const V bw = weighted ? VOP(mul)(wr->b0, m == VN ? LDC(wr->w + j) : LDCP(wr->w + j, m)) : wr->b0;
-    V v = VOP(fms)(wr->a, pe, bw);
-    if (wr->t >= j && wr->t < j + m) { /* once a row: the target's value into its lane, via a stack copy */
-        CT lanes[VN];
-        STC(lanes, v);
-        lanes[wr->t - j] = wr->tv;
-        v = LDC(lanes);
-    }
+    const V v = CE_FN(with_target)(VOP(fms)(wr->a, pe, bw), j, wr->t, wr->tv);
     wr->j = j + m;
 #if CE_HAVE_STREAM
     if (stream && m == VN) {
@@ -288,22 +293,23 @@ CE_INLINE V CE_FN(grad_vec)(V src, V w, V q, const CE_FN(grad_consts) *c, const 
 #define CE_WV(j) (weighted ? LDC(w + (j)) : c->b)
 #define CE_QV(j) (soft ? LD(q + (j)) : c->b)
 #define CE_SRC(j) (from_e ? LDC(e + (j)) : LD(x + (j)))
-#define CE_GRAD_AT(j) CE_FN(grad_vec)(CE_SRC(j), CE_WV(j), CE_QV(j), c, capped, weighted, soft, from_e)
+#define CE_GRAD_AT(j)                                                                                  \
+    CE_FN(with_target)(CE_FN(grad_vec)(CE_SRC(j), CE_WV(j), CE_QV(j), c, capped, weighted, soft, from_e), j, t, tv)
 
 /* The first m < VN elements from j on to g. */
 CE_INLINE void CE_FN(grad_partial)(const T *x, const CT *e, const CT *w, const T *q, T *g, int64_t j, int m,
                                    const CE_FN(grad_consts) *c, const int capped, const int weighted,
-                                   const int soft, const int from_e)
+                                   const int soft, const int from_e, int64_t t, CT tv)
 {
     const V wv = weighted ? LDCP(w + j, m) : c->b;
     const V qv = soft ? LDP(q + j, m) : c->b;
     const V src = from_e ? LDCP(e + j, m) : LDP(x + j, m);
-    STP(g + j, m, CE_FN(grad_vec)(src, wv, qv, c, capped, weighted, soft, from_e));
+    STP(g + j, m, CE_FN(with_target)(CE_FN(grad_vec)(src, wv, qv, c, capped, weighted, soft, from_e), j, t, tv));
 }
 
 CE_INLINE void CE_FN(grad_impl)(const T *x, const CT *e, const T *q, int64_t n, const T *pf, const CT *w, T *g,
                                 const CE_FN(grad_consts) *c, const int capped, const int weighted,
-                                const int soft, const int stream, const int from_e)
+                                const int soft, const int stream, const int from_e, int64_t t, CT tv)
 {
     int64_t j = 0;
 #if CE_HAVE_STREAM
@@ -313,7 +319,7 @@ CE_INLINE void CE_FN(grad_impl)(const T *x, const CT *e, const T *q, int64_t n, 
         if (head > n) head = n;
         for (; j + VN <= head; j += VN) ST(g + j, CE_GRAD_AT(j));
         if (j < head) {
-            CE_FN(grad_partial)(x, e, w, q, g, j, (int)(head - j), c, capped, weighted, soft, from_e);
+            CE_FN(grad_partial)(x, e, w, q, g, j, (int)(head - j), c, capped, weighted, soft, from_e, t, tv);
             j = head;
         }
         for (; j + VN <= n; j += VN) {
@@ -329,7 +335,7 @@ CE_INLINE void CE_FN(grad_impl)(const T *x, const CT *e, const T *q, int64_t n, 
             ST(g + j, CE_GRAD_AT(j));
         }
     }
-    if (j < n) CE_FN(grad_partial)(x, e, w, q, g, j, (int)(n - j), c, capped, weighted, soft, from_e);
+    if (j < n) CE_FN(grad_partial)(x, e, w, q, g, j, (int)(n - j), c, capped, weighted, soft, from_e, t, tv);
 }
 #undef CE_GRAD_AT
 #undef CE_SRC
@@ -341,7 +347,7 @@ CE_INLINE void CE_FN(grad_impl)(const T *x, const CT *e, const T *q, int64_t n, 
  * weights and streaming when uncapped (the hot path), runtime flags under the softcap's tanh. */
 CE_INLINE void CE_FN(grad_any)(const T *x, const CT *e, const T *q, int64_t n, const T *next, double softcap,
                                const CT *w, double shift, double a, double b, double bq, double b0, int stream,
-                               T *g, const int soft)
+                               int64_t t, double tv, T *g, const int soft)
 {
     const CE_FN(grad_consts) c = {
         VOP(set1)((CT)softcap), VOP(set1)(softcap > 0 ? (CT)(1.0 / softcap) : (CT)0),
@@ -355,7 +361,7 @@ CE_INLINE void CE_FN(grad_any)(const T *x, const CT *e, const T *q, int64_t n, c
     stream = CE_HAVE_STREAM && stream && ((uintptr_t)g % sizeof(T)) == 0;
     const int weighted = w != NULL;
 #define CE_GRAD_IMPL(capped, weighted, stream, from_e)                                                 \
-    CE_FN(grad_impl)(x, e, q, n, pf, w, g, &c, capped, weighted, soft, stream, from_e)
+    CE_FN(grad_impl)(x, e, q, n, pf, w, g, &c, capped, weighted, soft, stream, from_e, t, (CT)tv)
     if (softcap > 0) {
         CE_GRAD_IMPL(1, weighted, stream, 0); /* not the hot path */
     } else if (e) {
@@ -377,24 +383,24 @@ CE_INLINE void CE_FN(grad_any)(const T *x, const CT *e, const T *q, int64_t n, c
 }
 
 static void CE_FN(ce_grad)(const void *xv, int64_t n, const void *next, double softcap, const void *wv,
-                           double shift, double a, double b, int stream, void *gv)
+                           double shift, double a, double b, int stream, int64_t t, double tv, void *gv)
 {
     CE_FN(grad_any)((const T *)xv, NULL, NULL, n, (const T *)next, softcap, (const CT *)wv, shift, a, b, 0.0, 0.0,
-                    stream, (T *)gv, 0);
+                    stream, t, tv, (T *)gv, 0);
 }
 
 static void CE_FN(ce_grad_soft)(const void *xv, const void *qv, int64_t n, double softcap, const void *wv,
                                 double shift, double a, double bq, double b0, int stream, void *gv)
 {
     CE_FN(grad_any)((const T *)xv, NULL, (const T *)qv, n, NULL, softcap, (const CT *)wv, shift, a, 0.0, bq, b0,
-                    stream, (T *)gv, 1);
+                    stream, -1, 0.0, (T *)gv, 1);
 }
 
 static void CE_FN(ce_grad_exp)(const void *ev, const void *qv, int64_t n, const void *next, const void *wv,
-                               double a, double bq, double b0, int stream, void *gv)
+                               double a, double bq, double b0, int stream, int64_t t, double tv, void *gv)
 {
     CE_FN(grad_any)(NULL, (const CT *)ev, (const T *)qv, n, (const T *)next, 0.0, (const CT *)wv, 0.0, a, b0, bq,
-                    b0, stream, (T *)gv, qv != NULL);
+                    b0, stream, t, tv, (T *)gv, qv != NULL);
 }
 
 /* Factor sums over the first m <= VN elements: f = w*q (1 for an absent w or q) into vq,

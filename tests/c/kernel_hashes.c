@@ -211,7 +211,7 @@ static void run_case(const ce_kernels *k, int kind, int v, inputs *in, uint64_t 
     case K_GRAD: {
         /* bit 3: g at an odd element offset (the streamed head and tail) */
         void *g = v & 8 ? (char *)in->out + PAD - 3 * es : (char *)in->out + PAD;
-        k->grad(in->x, n, in->x, softcap, w, shift, a, b, flag, g);
+        k->grad(in->x, n, in->x, softcap, w, shift, a, b, flag, -1, 0.0, g);
         ce_stream_fence();
         hash_array(h, dt, g, n);
         break;
@@ -240,7 +240,8 @@ static void run_case(const ce_kernels *k, int kind, int v, inputs *in, uint64_t 
         if (!k->grad_exp) return;
         void *g = v & 8 ? (char *)in->out + PAD - 3 * es : (char *)in->out + PAD;
         k->stats(in->x, n, NULL, 0.0, NULL, 0, in->out2, &s);
-        k->grad_exp(in->out2, v & 1 ? in->q : NULL, n, in->x, w, a, -1.25 + in->spread / 20.0, 0.125, flag, g);
+        k->grad_exp(in->out2, v & 1 ? in->q : NULL, n, in->x, w, a, -1.25 + in->spread / 20.0, 0.125, flag, -1, 0.0,
+                    g);
         ce_stream_fence();
         hash_array(h, dt, g, n);
         break;

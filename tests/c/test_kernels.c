@@ -394,7 +394,12 @@ static void test_grad_exp_case(const isa_entry *isa, int dt, int64_t n, int weig
     const void *w = weighted ? wb.p : NULL, *q = soft ? qb.p : NULL;
     double a = rng_uniform(0.1, 2.0), bq = rng_uniform(-1.5, 1.5), b0 = rng_uniform(-0.5, 0.5);
     if (dt != FUSEDCE_F64) a = (float)a, bq = (float)bq, b0 = (float)b0;
-    isa->table->k[dt].grad_exp(eb.p, q, n, NULL, w, a, bq, b0, stream, gb.p);
+    isa->table->k[dt].grad_exp(eb.p, q, n, NULL, w, a, bq, b0, stream, -1, 0.0, gb.p);
+    /* and with an element given its value (the target's) somewhere, or none: the same bits but
+     * there; -0.375 is exact in every storage type */
+    const int64_t t = n && rng_next() % 2 ? (int64_t)(rng_next() % (uint64_t)n) : -1;
+    buffer tb = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    isa->table->k[dt].grad_exp(eb.p, q, n, NULL, w, a, bq, b0, stream, t, -0.375, tb.p);
     ce_stream_fence();
 
     char what[200];
@@ -414,8 +419,12 @@ static void test_grad_exp_case(const isa_entry *isa, int dt, int64_t n, int weig
     check(bad < 0, "%s: g[%lld] = %.17g, e %.17g q %.17g w %.17g a %.17g bq %.17g b0 %.17g", what, (long long)bad,
           bad >= 0 ? get_elem(dt, gb.p, bad) : 0.0, bad >= 0 ? get_weight(dt, eb.p, bad) : 0.0,
           bad >= 0 ? get_elem(dt, qb.p, bad) : 0.0, bad >= 0 ? get_weight(dt, w, bad) : 0.0, a, bq, b0);
-    check(buf_guards_ok(&gb) && buf_guards_ok(&eb) && buf_guards_ok(&qb), "%s: wrote outside g", what);
-    buf_free(&eb), buf_free(&qb), buf_free(&wb), buf_free(&gb);
+    check(buf_guards_ok(&gb) && buf_guards_ok(&eb) && buf_guards_ok(&qb) && buf_guards_ok(&tb), "%s: wrote outside g",
+          what);
+    if (t >= 0) set_elem(dt, gb.p, t, -0.375);
+    check(memcmp(tb.p, gb.p, (size_t)n * es) == 0, "%s: with the target's value at %lld, other elements differ", what,
+          (long long)t);
+    buf_free(&eb), buf_free(&qb), buf_free(&wb), buf_free(&gb), buf_free(&tb);
 }
 
 /* ---- the forward's pass 1 with the next row's max alongside: the same bits as stats ------- */
@@ -476,7 +485,7 @@ static void test_stats_grad_case(const isa_entry *isa, int dt, int64_t n, int we
     isa->table->k[dt].stats_grad(xb.p, n, NULL, wb.p, want_wsum, e1.p, &got, &along);
     ce_stream_fence();
     isa->table->k[dt].stats(xb.p, n, NULL, 0.0, wb.p, want_wsum, e2.p, &want);
-    isa->table->k[dt].grad_exp(pe.p, NULL, n, NULL, w, a, 0.0, b0, stream, g2.p);
+    isa->table->k[dt].grad_exp(pe.p, NULL, n, NULL, w, a, 0.0, b0, stream, -1, 0.0, g2.p);
     ce_stream_fence();
     if (t >= 0) set_elem(dt, g2.p, t, -0.375);
     char what[200];
@@ -514,9 +523,14 @@ static void test_grad_case(const isa_entry *isa, int dt, int64_t n, double softc
     shift = dt == FUSEDCE_F64 ? shift : (double)(float)shift;
     const double a = rng_uniform(0.1, 2.0), b = rng_uniform(-1.0, 1.0);
 
-    isa->table->k[dt].grad(xb.p, n, xb.p, softcap, w, shift, a, b, stream, gb.p);
+    isa->table->k[dt].grad(xb.p, n, xb.p, softcap, w, shift, a, b, stream, -1, 0.0, gb.p);
+    /* with an element given its value (the target's) somewhere, or none, apart and in place:
+     * the same bits but there; -0.375 is exact in every storage type */
+    const int64_t t = n && rng_next() % 2 ? (int64_t)(rng_next() % (uint64_t)n) : -1;
+    buffer tb = buf_new((size_t)n * es, ((offset * 5 + 1) % 8) * es);
+    isa->table->k[dt].grad(xb.p, n, NULL, softcap, w, shift, a, b, stream, t, -0.375, tb.p);
     memcpy(ib.p, xb.p, (size_t)n * es);
-    isa->table->k[dt].grad(ib.p, n, NULL, softcap, w, shift, a, b, stream, ib.p);
+    isa->table->k[dt].grad(ib.p, n, NULL, softcap, w, shift, a, b, stream, t, -0.375, ib.p);
     ce_stream_fence(); /* the caller's fence after streamed rows (kernels.h) */
 
     char what[200];
@@ -553,11 +567,15 @@ static void test_grad_case(const isa_entry *isa, int dt, int64_t n, double softc
     }
     check(bad < 0, "%s: g[%lld] = %.17g, oracle %.17g (tol %.3g)", what, (long long)bad, bad_got,
           bad_want, bad_tol);
-    check(memcmp(ib.p, gb.p, (size_t)n * es) == 0, "%s: in-place result differs", what);
-    check(buf_guards_ok(&gb) && buf_guards_ok(&ib) && buf_guards_ok(&xb),
+    check(buf_guards_ok(&gb) && buf_guards_ok(&ib) && buf_guards_ok(&xb) && buf_guards_ok(&tb),
           "%s: wrote outside the gradient", what);
+    if (t >= 0) set_elem(dt, gb.p, t, -0.375);
+    check(memcmp(tb.p, gb.p, (size_t)n * es) == 0, "%s: with the target's value at %lld, other elements differ",
+          what, (long long)t);
+    check(memcmp(ib.p, gb.p, (size_t)n * es) == 0, "%s: in-place result differs", what);
     buf_free(&xb);
     buf_free(&gb);
+    buf_free(&tb);
     buf_free(&ib);
     buf_free(&wb);
 }
