@@ -70,19 +70,21 @@ CE_INLINE void stnt_f16(uint16_t *p, vf v) { _mm256_stream_si256((__m256i *)p, f
 /* bfloat16: widened by a shift into the high half; narrowed with ce_f32_to_bf16's rounding to
  * nearest even, NaNs made quiet (AVX512-BF16's instruction would flush subnormals). */
 CE_INLINE vf bf16_widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
-CE_INLINE __m512i bf16_round(vf v) /* 16-bit results in 32-bit lanes */
+CE_INLINE __m256i bf16_pack(vf v)
 {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-    const __m512i qnan = _mm512_or_si512(u, _mm512_set1_epi32(0x400000));
-    const __mmask16 isnan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    return _mm512_srli_epi32(_mm512_mask_blend_epi32(isnan, rounded, qnan), 16);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x400000));
+    /* the high halves of the 32-bit lanes, in one permute (a shift and a narrowing take 3) */
+    const __m512i high = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1, 31, 29, 27, 25, 23,
+                                          21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi16(high, r));
 }
 CE_INLINE vf ld_bf16(const uint16_t *p) { return bf16_widen(_mm256_loadu_si256((const __m256i *)p)); }
 CE_INLINE vf ldp_bf16(const uint16_t *p, int m) { return bf16_widen(_mm256_maskz_loadu_epi16(vf_lanes(m), p)); }
-CE_INLINE void st_bf16(uint16_t *p, vf v) { _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(bf16_round(v))); }
-CE_INLINE void stp_bf16(uint16_t *p, int m, vf v) { _mm512_mask_cvtepi32_storeu_epi16(p, vf_lanes(m), bf16_round(v)); }
-CE_INLINE void stnt_bf16(uint16_t *p, vf v) { _mm256_stream_si256((__m256i *)p, _mm512_cvtepi32_epi16(bf16_round(v))); }
+CE_INLINE void st_bf16(uint16_t *p, vf v) { _mm256_storeu_si256((__m256i *)p, bf16_pack(v)); }
+CE_INLINE void stp_bf16(uint16_t *p, int m, vf v) { _mm256_mask_storeu_epi16(p, vf_lanes(m), bf16_pack(v)); }
+CE_INLINE void stnt_bf16(uint16_t *p, vf v) { _mm256_stream_si256((__m256i *)p, bf16_pack(v)); }
 
 #endif /* FUSEDCE_SIMD_AVX512_H */
