@@ -246,6 +246,15 @@ static double ce_target_grad(const ce_job *J, const ce_row_terms *T, int64_t tl)
     return ce_to_storage(J->dtype, (T->ca * p_t - T->b0 * w_t - T->target_extra) * T->deriv_t);
 }
 
+/* The target's element t of the row within [lo, hi), relative to lo, with its value in *tv
+ * (what the kernels take as t and tv); -1 where the segment does not hold it. */
+static int64_t ce_target_in(const ce_job *J, const ce_row_terms *T, int64_t t, int64_t lo, int64_t hi, double *tv)
+{
+    const int here = t >= lo && t < hi;
+    *tv = here ? ce_target_grad(J, T, t) : 0.0;
+    return here ? t - lo : -1;
+}
+
 /* The gradient over [lo, hi) of row r, streamed or not: from the exponentials e (relative to
  * shift) where given, else from the logits; a multiplies exp(y - shift). t: the row's class
  * whose element gets its own value (ce_target_grad) in its lane, or -1: the row streams in one
@@ -264,8 +273,8 @@ static void ce_segment_grad(const ce_job *J, int64_t r, const char *next, int64_
     char *g = (char *)a_->grad + off;
     /* the class weights enter hard targets' gradients only where smoothing spreads them */
     const void *w = q || T->b0 != 0 ? ce_weight_from(J, lo) : NULL;
-    const int64_t tl = t >= lo && t < hi ? t - lo : -1;
-    const double tv = tl >= 0 ? ce_target_grad(J, T, t) : 0.0;
+    double tv;
+    const int64_t tl = ce_target_in(J, T, t, lo, hi, &tv);
     if (e)
         J->k->grad_exp(e, q, hi - lo, next, w, a, T->bq, T->b0, J->stream, tl, tv, g);
     else if (q)
@@ -377,10 +386,10 @@ static ce_grad_along ce_pending_along(const ce_job *J, const ce_pending *p, int6
     const fusedce_ce_args *a = J->a;
     const int64_t lo = ce_chunk_lo(c), hi = ce_chunk_hi(J, c);
     const double ref = p->st[c].max == -INFINITY ? 0.0 : p->st[c].max;
-    const int here = p->t >= lo && p->t < hi;
-    const double tv = here ? ce_target_grad(J, &p->T, p->t) : 0.0;
+    double tv;
+    const int64_t tl = ce_target_in(J, &p->T, p->t, lo, hi, &tv);
     const ce_grad_along along = {p->e + (size_t)lo * J->wes, p->T.b0 != 0 ? ce_weight_from(J, lo) : NULL,
-                                 p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, here ? p->t - lo : -1, tv,
+                                 p->T.ca * exp(ref - p->T.lse), p->T.b0, J->stream, tl, tv,
                                  (char *)a->grad + ce_offset(J, p->r, lo)};
     return along;
 }
@@ -488,8 +497,9 @@ static char *ce_row_pass1(const ce_job *J, const ce_row_head *h, int64_t r, int6
  * behind it: the pipeline asks for it (a prefetch for writing) a row before it writes it.
  * Fused out= float32 (NumPy's arrays start 16 bytes past a line), Zen 5, alternated calls:
  * 6 % faster at 32768x2048. (The target's line, once written likewise, is now streamed with
- * the rest: ce_pending_along, ce_segment_grad.) Rows without the pipeline (backward given the lse) measured no
- * gain from such prefetches (65536x1024, 0.87-0.96x streamed with them or without). */
+ * the rest: ce_pending_along, ce_segment_grad.) Rows without the pipeline (backward given the
+ * lse) measured no gain from such prefetches (65536x1024, 0.87-0.96x streamed with them or
+ * without). */
 static void ce_prefetch_row_end(const ce_job *J, int64_t r)
 {
     const char *g_end = (const char *)J->a->grad + ce_offset(J, r + 1, 0);

@@ -356,8 +356,13 @@ def _join(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
 
 
+def result_path(outdir, rank):
+    """Where rank `rank` leaves its results for the parent."""
+    return os.path.join(outdir, f"rank{rank}.pt")
+
+
 def _save(result, outdir, rank):
-    path = os.path.join(outdir, f"rank{rank}.pt")
+    path = result_path(outdir, rank)
     torch.save(result, path + ".part")
     os.replace(path + ".part", path)  # whole or absent, even if the rank is killed while saving
 

@@ -195,7 +195,7 @@ def _run_world(world, tmp_path, fn=worker.main, *args):
     checks: that is a warning (the files are still compared), anything else a failure."""
     import torch.multiprocessing as mp
 
-    paths = [os.path.join(tmp_path, f"rank{r}.pt") for r in range(world)]
+    paths = [worker.result_path(tmp_path, r) for r in range(world)]
     try:
         mp.spawn(fn, args=(world, _free_port(), str(tmp_path), *args), nprocs=world, join=True)
     except mp.ProcessExitedException as e:
